@@ -1,0 +1,377 @@
+"""Shared building blocks: pure forward/backward maths, the Module seam, and thin layers.
+
+Everything else in the library is built from this file.
+
+* Pure maths (one place each): ``linear_*``, ``layernorm_*``, ``relu_*``, ``sigmoid``,
+  ``tanh_backward``, ``softmax*``, ``softmax_cross_entropy``.  Each forward returns
+  ``out, cache`` (or just ``out`` where the output itself is all the backward needs) and each
+  backward takes ``dout`` plus that cache, CS231n style.
+* :class:`Module`: owns ``params`` and ``grads`` dicts with the same keys, plus named child
+  modules.  ``named_parameters()`` walks the tree with dotted names (``memory.attn.W_qkv``), so
+  the optimizer and the gradient checker see every model through one seam.  Backward passes
+  *accumulate* into ``grads`` with ``+=``; ``zero_grad()`` clears them.
+* Thin layers: :class:`Linear`, :class:`LayerNorm`, :class:`MLP`.
+
+Shape letters used in docstrings: B batch, T time, N memory slots, D features, H heads.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Iterator
+
+import numpy as np
+
+LAYERNORM_EPS = 1e-5
+
+# --------------------------------------------------------------------------------------------
+# Argument validation (raised before any state changes)
+# --------------------------------------------------------------------------------------------
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
+def check_dtype(dtype) -> np.dtype:
+    """Accept float32 or float64 (anything ``np.dtype`` understands as one of those)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_array(name: str, x, *, ndim: int | None = None, last_dim: int | None = None,
+                dtype=None, allow_empty: bool = False) -> np.ndarray:
+    """Validate a real floating/integer array argument and return it as ``dtype``.
+
+    Raises ``TypeError`` for non-arrays or non-real dtypes, and ``ValueError`` (naming ``name``,
+    the expected and the actual value) for a wrong rank, a wrong last dimension, an empty array
+    or non-finite entries.
+    """
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple)) or np.isscalar(x):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers (float or int), got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got {x.ndim} (shape {x.shape})")
+    if last_dim is not None and (x.ndim == 0 or x.shape[-1] != last_dim):
+        raise ValueError(f"{name} must have last dimension {last_dim}, got shape {x.shape}")
+    if not allow_empty and x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    if dtype is not None and x.dtype != dtype:
+        x = x.astype(dtype)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+    return x
+
+
+def check_same_batch(**arrays: np.ndarray) -> None:
+    """Raise if the given arrays do not share their first (batch) dimension."""
+    sizes = {name: a.shape[0] for name, a in arrays.items() if a is not None}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"batch sizes must match, got {sizes}")
+
+
+# --------------------------------------------------------------------------------------------
+# Pure maths: forward/backward pairs
+# --------------------------------------------------------------------------------------------
+
+
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None):
+    """out = x @ W + b for x of shape (..., D_in); W (D_in, D_out); b (D_out,) or None.
+
+    Returns ``out`` (..., D_out) and ``cache = (x, W)``.
+    """
+    # One 2-D GEMM over all leading dims: matmul on (B, R, D) @ (D, K) may loop over B.
+    out = (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[1])
+    if b is not None:
+        out += b
+    return out, (x, W)
+
+
+def linear_backward(dout: np.ndarray, cache, need_dx: bool = True):
+    """Backward of ``linear_forward``.  Returns ``dx`` (or None), ``dW``, ``db``."""
+    x, W = cache
+    dout2 = dout.reshape(-1, dout.shape[-1])
+    # forward: out = x @ W + b
+    dW = x.reshape(-1, x.shape[-1]).T @ dout2
+    db = dout2.sum(axis=0)
+    dx = (dout2 @ W.T).reshape(x.shape) if need_dx else None
+    return dx, dW, db
+
+
+def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                      eps: float = LAYERNORM_EPS):
+    """Normalise each row of x (..., D) over its last axis (biased variance), then scale/shift.
+
+    Returns ``out`` (..., D) and ``cache = (xhat, rstd, gamma)``.
+    """
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = xc * rstd
+    return xhat * gamma + beta, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dout: np.ndarray, cache):
+    """Backward of ``layernorm_forward``.  Returns ``dx``, ``dgamma``, ``dbeta``."""
+    xhat, rstd, gamma = cache
+    D = xhat.shape[-1]
+    dout2 = dout.reshape(-1, D)
+    # forward: out = xhat * gamma + beta
+    dgamma = np.einsum("nd,nd->d", dout2, xhat.reshape(-1, D), optimize=True)
+    dbeta = dout2.sum(axis=0)
+    dxhat = dout * gamma
+    # forward: xhat = (x - mean) * rstd  ->  compact form rstd * (dn - mean(dn) - n mean(dn n))
+    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                 - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    """out = max(x, 0).  The output doubles as the backward's cache."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Backward of ``relu_forward`` given its output."""
+    return dout * (out > 0)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (never evaluates exp of a large positive number)."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
+
+
+def sigmoid_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Backward of ``sigmoid`` from its output y: dy/dx = y (1 - y)."""
+    return dout * y * (1 - y)
+
+
+def tanh_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Backward of ``np.tanh`` from its output y: dy/dx = 1 - y^2."""
+    return dout * (1 - y * y)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``; subtracts the max first so exp never overflows."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Backward of ``softmax`` from its output y: y * (dy - sum(dy * y))."""
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
+    """Mean cross-entropy of integer ``labels`` (B,) under ``softmax(logits)`` (B, C).
+
+    The softmax is fused with the loss, so the gradient is simply ``(p - onehot) / B``.
+    Returns ``loss`` (float), ``dlogits`` (B, C) and ``probs`` (B, C).
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (B, C), got {logits.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (logits.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers of shape ({logits.shape[0]},), "
+                         f"got {labels.dtype} {labels.shape}")
+    C = logits.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= C):
+        raise ValueError(f"labels must lie in [0, {C}), got range "
+                         f"[{labels.min()}, {labels.max()}]")
+    B = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - log_z
+    rows = np.arange(B)
+    loss = float(-log_probs[rows, labels].mean())
+    probs = np.exp(log_probs)
+    dlogits = probs.copy()
+    dlogits[rows, labels] -= 1
+    dlogits /= B
+    return loss, dlogits, probs
+
+
+# --------------------------------------------------------------------------------------------
+# Module seam
+# --------------------------------------------------------------------------------------------
+
+
+class Module:
+    """Base of every layer and model: ``params``/``grads`` dicts plus named child modules.
+
+    Subclasses register tensors with :meth:`add_param` and sub-modules with :meth:`add_child`.
+    Dotted names join the child name and the parameter name: ``memory.attn.W_qkv``.
+    """
+
+    def __init__(self, dtype=np.float64):
+        self.dtype = check_dtype(dtype)
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.children: dict[str, Module] = {}
+
+    def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    def add_child(self, name: str, module: "Module") -> "Module":
+        self.children[name] = module
+        return module
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """Yield ``(dotted_name, param, grad)`` for this module and every descendant."""
+        for name, p in self.params.items():
+            yield prefix + name, p, self.grads[name]
+        for cname, child in self.children.items():
+            yield from child.named_parameters(prefix + cname + ".")
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """All parameters by dotted name (the arrays themselves, not copies)."""
+        return {n: p for n, p, _ in self.named_parameters()}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """All gradient buffers by dotted name (same keys as :meth:`parameters`)."""
+        return {n: g for n, _, g in self.named_parameters()}
+
+    def zero_grad(self) -> None:
+        for _, _, g in self.named_parameters():
+            g.fill(0)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for _, p, _ in self.named_parameters()))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of all parameters by dotted name."""
+        return {n: p.copy() for n, p, _ in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters in place, after checking names and shapes."""
+        params = self.parameters()
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, p in params.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"state dict entry {name!r} has shape {value.shape}, "
+                                 f"expected {p.shape}")
+        for name, p in params.items():
+            p[...] = state[name]
+
+
+def init_uniform_fan_in(rng: np.random.Generator, fan_in: int, shape) -> np.ndarray:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the usual default for Linear and LSTM weights."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+class Linear(Module):
+    """y = x W + b.
+
+    x: (..., in_features) -> y: (..., out_features).  Params ``W`` (in, out), ``b`` (out,).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype=np.float64):
+        super().__init__(dtype)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        rng = np.random.default_rng() if rng is None else rng
+        self.add_param("W", init_uniform_fan_in(rng, in_features, (in_features, out_features)))
+        self.has_bias = bias
+        if bias:
+            self.add_param("b", np.zeros(out_features))
+
+    def forward(self, x: np.ndarray):
+        """x (..., in_features) -> out (..., out_features), cache."""
+        return linear_forward(x, self.params["W"], self.params.get("b"))
+
+    def backward(self, dout: np.ndarray, cache, need_dx: bool = True):
+        """Accumulate dW (and db); return dx (..., in_features) (None if not needed)."""
+        dx, dW, db = linear_backward(dout, cache, need_dx)
+        self.grads["W"] += dW
+        if self.has_bias:
+            self.grads["b"] += db
+        return dx
+
+
+class LayerNorm(Module):
+    """Per-row normalisation over the last axis (eps 1e-5), gain ``g`` = 1 and bias ``b`` = 0."""
+
+    def __init__(self, features: int, *, eps: float = LAYERNORM_EPS, dtype=np.float64):
+        super().__init__(dtype)
+        self.features = check_positive_int("features", features)
+        self.eps = eps
+        self.add_param("g", np.ones(features))
+        self.add_param("b", np.zeros(features))
+
+    def forward(self, x: np.ndarray):
+        """x (..., D) -> out (..., D), cache."""
+        return layernorm_forward(x, self.params["g"], self.params["b"], self.eps)
+
+    def backward(self, dout: np.ndarray, cache):
+        dx, dg, db = layernorm_backward(dout, cache)
+        self.grads["g"] += dg
+        self.grads["b"] += db
+        return dx
+
+
+class MLP(Module):
+    """Linear -> ReLU -> ... -> Linear.  No activation after the last layer unless asked.
+
+    ``sizes = [in, h1, ..., out]``; children are ``fc0``, ``fc1``, ...
+    x: (..., sizes[0]) -> (..., sizes[-1]).
+    """
+
+    def __init__(self, sizes, *, activate_final: bool = False,
+                 rng: np.random.Generator | None = None, dtype=np.float64):
+        super().__init__(dtype)
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes must list at least input and output widths, got {sizes}")
+        for i, s in enumerate(sizes):
+            check_positive_int(f"sizes[{i}]", s)
+        rng = np.random.default_rng() if rng is None else rng
+        self.sizes = sizes
+        self.activate_final = activate_final
+        self.layers = [self.add_child(f"fc{i}", Linear(a, b, rng=rng, dtype=dtype))
+                       for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+    def forward(self, x: np.ndarray):
+        caches = []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, lin_cache = layer.forward(x)
+            act = i < last or self.activate_final
+            if act:
+                x = relu_forward(x)
+            caches.append((lin_cache, x if act else None))
+        return x, caches
+
+    def backward(self, dout: np.ndarray, caches, need_dx: bool = True):
+        for i in range(len(self.layers) - 1, -1, -1):
+            lin_cache, relu_out = caches[i]
+            if relu_out is not None:
+                dout = relu_backward(dout, relu_out)
+            dout = self.layers[i].backward(dout, lin_cache, need_dx=(need_dx or i > 0))
+        return dout
