@@ -201,6 +201,22 @@ def check_cross_entropy():
                            {"logits": rng.standard_normal((6, 4))})
 
 
+@case("attention.MultiHeadAttention")
+def check_attention():
+    from attention import MultiHeadAttention
+    rng = np.random.default_rng(6)
+    results = []
+    # key_size differs from head_size in the second configuration.
+    for H, head, key in ((1, 3, None), (2, 3, 2)):
+        attn = MultiHeadAttention(4, H, head, key, rng=rng)
+        attn.params["b_qkv"][...] = rng.standard_normal(attn.params["b_qkv"].shape) * 0.1
+        attn.params["ln_g"][...] = rng.uniform(0.5, 1.5, attn.params["ln_g"].shape)
+        attn.params["ln_b"][...] = rng.standard_normal(attn.params["ln_b"].shape) * 0.1
+        results += module_case(f"attention.MultiHeadAttention H={H} key={key or head}", attn,
+                               {"x": rng.standard_normal((2, 5, 4))})
+    return results
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
