@@ -217,6 +217,132 @@ def check_attention():
     return results
 
 
+def _lstm_jitter_bias(rng, module):
+    """Random biases (all cells of ``module``) so no gate sits at a special point."""
+    for name, p, _ in module.named_parameters():
+        if name.endswith("b"):
+            p += rng.standard_normal(p.shape) * 0.5
+
+
+@case("lstm.LSTMCell")
+def check_lstm_cell():
+    from lstm_baseline import LSTMCell
+    rng = np.random.default_rng(7)
+    cell = LSTMCell(3, 4, rng=rng)
+    _lstm_jitter_bias(rng, cell)
+    return check_gradients(
+        "lstm.LSTMCell", lambda inp: cell.forward(inp["x"], inp["h_prev"], inp["c_prev"]),
+        lambda d, c: dict(zip(("x", "h_prev", "c_prev"), cell.backward(d[0], d[1], c))),
+        {"x": rng.standard_normal((2, 3)), "h_prev": rng.standard_normal((2, 4)),
+         "c_prev": rng.standard_normal((2, 4))}, cell, threshold=LAYER_TOL)
+
+
+@case("lstm.LSTM")
+def check_lstm_sequence():
+    from lstm_baseline import LSTM
+    rng = np.random.default_rng(8)
+    lstm = LSTM(3, 4, rng=rng)
+    _lstm_jitter_bias(rng, lstm)
+
+    def fwd_state(inp):  # outputs (B, T, H), h_T, c_T: the checker draws a dout for each
+        *outs, cache = lstm.forward(inp["x"], inp["h0"], inp["c0"], return_state=True,
+                                    return_cache=True)
+        return tuple(outs), cache
+
+    results = check_gradients(
+        "lstm.LSTM", fwd_state,
+        lambda d, c: dict(zip(("x", "h0", "c0"), lstm.backward(d[0], c, d[1], d[2]))),
+        {"x": rng.standard_normal((2, 6, 3)), "h0": rng.standard_normal((2, 4)),
+         "c0": rng.standard_normal((2, 4))}, lstm, threshold=SEQUENCE_TOL)
+    # Last step only, zero initial state (backward then returns dx alone).
+    results += check_gradients(
+        "lstm.LSTM last-step", lambda inp: lstm.forward(inp["x"], return_sequences=False,
+                                                         return_cache=True),
+        lambda d, c: {"x": lstm.backward(d, c)},
+        {"x": rng.standard_normal((2, 5, 3))}, lstm, threshold=SEQUENCE_TOL)
+    return results
+
+
+@case("lstm.LSTMClassifier")
+def check_lstm_classifier():
+    from lstm_baseline import LSTMClassifier
+    rng = np.random.default_rng(9)
+    model = LSTMClassifier(3, 4, 3, mlp_hidden=(5,), rng=rng)
+    _lstm_jitter_bias(rng, model)
+    return module_case("lstm.LSTMClassifier", model, {"x": rng.standard_normal((2, 5, 3))},
+                       threshold=SEQUENCE_TOL)
+
+
+def _randomise(module: layers.Module, rng: np.random.Generator, scale: float = 0.3) -> None:
+    """Move every parameter off its initial value (LayerNorm gains stay positive), so that no
+    gradient is checked only at a special point such as zero biases or unit gains."""
+    for name, p, _ in module.named_parameters():
+        if name.endswith(("ln_g", ".g")):
+            p[...] = rng.uniform(0.5, 1.5, p.shape)
+        else:
+            p += rng.standard_normal(p.shape) * scale * (1.0 if p.ndim == 1 else 0.3)
+
+
+# (N slots, H heads, head_size, key_size, num_blocks, gate_style): every gate style, one and
+# three blocks, key_size != head_size, N from 1 to 8, H from 1 to 4.
+RMC_CONFIGS = [
+    (1, 1, 3, None, 1, "unit"),
+    (2, 2, 2, 3, 3, "memory"),
+    (3, 4, 2, None, 1, None),
+    (8, 2, 2, 1, 1, "unit"),
+]
+
+
+def _rmc(config, input_size, rng):
+    from relational_memory import RelationalMemory
+    N, H, hs, ks, blocks, gate = config
+    core = RelationalMemory(input_size, N, hs, H, key_size=ks, num_blocks=blocks,
+                            gate_style=gate, rng=rng)
+    _randomise(core, rng)
+    return core
+
+
+@case("relational_memory.RelationalMemory step")
+def check_rmc_step():
+    rng = np.random.default_rng(7)
+    results = []
+    for config in RMC_CONFIGS[:3]:
+        core = _rmc(config, 3, rng)
+        name = "RMC step N={} H={} hs={} ks={} blocks={} gate={}".format(*config)
+        inputs = {"x": rng.standard_normal((2, 3)),
+                  "memory": rng.standard_normal((2, core.mem_slots, core.mem_size))}
+        results += check_gradients(
+            name, lambda inp: core.forward(inp["x"], inp["memory"]),
+            lambda d, c: dict(zip(("x", "memory"), core.backward(d, c))), inputs, core)
+    return results
+
+
+@case("relational_memory.RelationalMemory sequence")
+def check_rmc_sequence():
+    rng = np.random.default_rng(8)
+    results = []
+    for config in RMC_CONFIGS:
+        core = _rmc(config, 3, rng)
+        name = "RMC T=5 N={} H={} hs={} ks={} blocks={} gate={}".format(*config)
+        inputs = {"x": rng.standard_normal((2, 5, 3)),
+                  "memory0": rng.standard_normal((2, core.mem_slots, core.mem_size))}
+        results += check_gradients(
+            name, lambda inp: core.forward_sequence(inp["x"], inp["memory0"]),
+            lambda d, c: dict(zip(("x", "memory0"), core.backward_sequence(d, c))),
+            inputs, core, threshold=SEQUENCE_TOL)
+    return results
+
+
+@case("relational_memory.RMCClassifier")
+def check_rmc_classifier():
+    from relational_memory import RMCClassifier
+    rng = np.random.default_rng(9)
+    model = RMCClassifier(4, 3, mem_slots=2, head_size=2, num_heads=2, mlp_hidden=(5, 4), rng=rng)
+    _randomise(model, rng)
+    return module_case("RMCClassifier T=5", model, {"x": rng.standard_normal((2, 5, 4))},
+                       threshold=SEQUENCE_TOL)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -226,18 +352,18 @@ def run_cases(names=None, out=sys.stdout) -> list[CheckResult]:
     """Run the named cases (all by default), print the table, and return every result."""
     names = list(CASES) if names is None else names
     results = []
-    header = f"{'module':38s} {'tensor':28s} {'shape':16s} {'max rel err':>11s} {'limit':>7s}  ok"
+    header = f"{'module':52s} {'tensor':28s} {'shape':16s} {'max rel err':>11s} {'limit':>7s}  ok"
     print(header, file=out)
     print("-" * len(header), file=out)
     for name in names:
         t0 = time.perf_counter()
         rows = CASES[name]()
         for r in rows:
-            print(f"{r.case:38s} {r.tensor:28s} {str(r.shape):16s} {r.error:11.2e} "
+            print(f"{r.case:52s} {r.tensor:28s} {str(r.shape):16s} {r.error:11.2e} "
                   f"{r.threshold:7.0e}  {'pass' if r.passed else 'FAIL'}", file=out)
         results += rows
         if not rows:
-            print(f"{name:38s} (no tensors checked: FAIL)", file=out)
+            print(f"{name:52s} (no tensors checked: FAIL)", file=out)
             results.append(CheckResult(name, "<none>", (), float("inf"), 0.0))
         out.flush()
         _ = time.perf_counter() - t0
