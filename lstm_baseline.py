@@ -1,0 +1,363 @@
+"""LSTM baseline: one-step cell, batch-first sequence model, and the N-th Farthest classifier.
+
+Equations of one step (x_t (B, D), h_{t-1} and c_{t-1} (B, H)):
+
+    z_t = x_t W_x + b + h_{t-1} W_h                       (B, 4H) pre-activations
+    i = sigmoid(z_i)   f = sigmoid(z_f)   g = tanh(z_g)   o = sigmoid(z_o)
+    c_t = f * c_{t-1} + i * g
+    h_t = o * tanh(c_t)
+
+Gate order along the 4H axis is ``[i, f, g, o]`` (input, forget, cell candidate, output), the
+same order PyTorch uses, so ``W_x[:, H:2H]`` holds the forget gate's input weights.
+
+Speed: the sequence model projects the inputs of all T steps with one GEMM before the time loop
+(``x W_x + b``), keeps only ``h_{t-1} W_h`` inside it, and after the backward loop forms ``dW_x``,
+``db`` and ``dW_h`` with one GEMM each over all B*T rows.  The same split is offered by
+:class:`LSTMCell` (``project_input`` / ``step`` / ``step_backward`` / ``project_input_backward``)
+for models that must interleave other work with the recurrence.
+
+Shape letters: B batch, T time, D input features, H hidden units.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from layers import (MLP, Module, check_array, check_positive_int, check_same_batch,
+                    init_uniform_fan_in, linear_backward, linear_forward, sigmoid,
+                    sigmoid_backward, tanh_backward)
+
+FORGET_BIAS = 1.0
+
+__all__ = ["LSTMCell", "LSTM", "LSTMClassifier", "orthogonal", "FORGET_BIAS"]
+
+
+def orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random (n, n) orthogonal matrix: QR of a Gaussian, signs fixed so the draw is uniform."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    # Multiplying column j by sign(R_jj) makes the factorisation unique (Haar-distributed Q).
+    return q * np.where(np.diag(r) < 0, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Gate maths shared by the cell and the sequence model
+# --------------------------------------------------------------------------------------------
+
+
+def _gates_forward(z: np.ndarray, c_prev: np.ndarray):
+    """One step from pre-activations.  ``z`` (B, 4H) is overwritten with the activations.
+
+    Returns ``h`` (B, H), ``c`` (B, H), ``tanh(c)`` (B, H).
+    """
+    H = c_prev.shape[-1]
+    z[:, :2 * H] = sigmoid(z[:, :2 * H])                  # i, f
+    np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])     # g
+    z[:, 3 * H:] = sigmoid(z[:, 3 * H:])                  # o
+    i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    c = f * c_prev
+    c += i * g
+    tc = np.tanh(c)
+    return o * tc, c, tc
+
+
+def _gates_backward(dh: np.ndarray, dc: np.ndarray, act: np.ndarray, c_prev: np.ndarray,
+                    tc: np.ndarray, dz: np.ndarray) -> np.ndarray:
+    """Backward of :func:`_gates_forward`.
+
+    dh, dc: (B, H) gradients reaching h_t and c_t; act (B, 4H) the activations [i, f, g, o];
+    c_prev, tc = tanh(c_t): (B, H).  Writes dL/dz into ``dz`` (B, 4H) and returns dc_prev.
+    """
+    H = c_prev.shape[-1]
+    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+    # forward: h = o * tanh(c)
+    dz[:, 3 * H:] = sigmoid_backward(dh * tc, o)          # o = sigmoid(z_o)
+    dc = dc + tanh_backward(dh * o, tc)
+    # forward: c = f * c_prev + i * g
+    dz[:, :H] = sigmoid_backward(dc * g, i)               # i = sigmoid(z_i)
+    dz[:, H:2 * H] = sigmoid_backward(dc * c_prev, f)     # f = sigmoid(z_f)
+    dz[:, 2 * H:3 * H] = tanh_backward(dc * i, g)         # g = tanh(z_g)
+    return dc * f
+
+
+def _check_state(name: str, value, hidden: int, dtype) -> np.ndarray | None:
+    """A (B, H) state or None, cast to the model dtype."""
+    if value is None:
+        return None
+    return check_array(name, value, ndim=2, last_dim=hidden, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------
+
+
+class LSTMCell(Module):
+    """One LSTM step.  Gate order along the 4H axis: ``[i, f, g, o]``.
+
+    Params: ``W_x`` (D, 4H) uniform in +-1/sqrt(D); ``W_h`` (H, 4H) whose four (H, H) gate blocks
+    are each orthogonal; ``b`` (4H,) zero except the forget block, which starts at 1.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, *,
+                 rng: np.random.Generator | None = None, dtype=np.float64):
+        super().__init__(dtype)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = H = check_positive_int("hidden_size", hidden_size)
+        rng = np.random.default_rng() if rng is None else rng
+        self.add_param("W_x", init_uniform_fan_in(rng, input_size, (input_size, 4 * H)))
+        self.add_param("W_h", np.concatenate([orthogonal(rng, H) for _ in range(4)], axis=1))
+        b = np.zeros(4 * H)
+        b[H:2 * H] = FORGET_BIAS
+        self.add_param("b", b)
+
+    # -- the split API: input projection outside the recurrence -------------------------------
+
+    def project_input(self, x: np.ndarray):
+        """xw = x W_x + b for x (..., D) (any leading dims, e.g. (B, T, D)) -> (..., 4H), cache.
+
+        No validation: callers validate x first.
+        """
+        return linear_forward(x, self.params["W_x"], self.params["b"])
+
+    def project_input_backward(self, dxw: np.ndarray, cache, need_dx: bool = True):
+        """Accumulate dW_x and db from dxw (..., 4H); return dx (..., D) (None if not needed)."""
+        dx, dW, db = linear_backward(dxw, cache, need_dx)
+        self.grads["W_x"] += dW
+        self.grads["b"] += db
+        return dx
+
+    def step(self, xw: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray):
+        """One step from the projected input xw (B, 4H) and h_prev, c_prev (B, H).
+
+        Returns ``(h, c), cache`` with h, c (B, H).  No validation (inner-loop call).
+        """
+        # forward: z = xw + h_prev W_h
+        z = h_prev @ self.params["W_h"]
+        z += xw
+        h, c, tc = _gates_forward(z, c_prev)
+        return (h, c), (z, h_prev, c_prev, tc)
+
+    def step_backward(self, dh, dc, cache, *, accumulate_W_h: bool = True):
+        """Backward of :meth:`step`.  dh, dc: (B, H) or None (zero).
+
+        Returns ``dxw`` (B, 4H), ``dh_prev``, ``dc_prev`` (B, H).  Accumulates dW_h unless
+        ``accumulate_W_h`` is False (a sequence model may stack the h_prev of all steps and
+        form dW_h with one GEMM instead).
+        """
+        act, h_prev, c_prev, tc = cache
+        dh = np.zeros_like(tc) if dh is None else dh
+        dc = np.zeros_like(tc) if dc is None else dc
+        dz = np.empty_like(act)
+        dc_prev = _gates_backward(dh, dc, act, c_prev, tc, dz)
+        # forward: z = xw + h_prev W_h
+        W_h = self.params["W_h"]
+        if accumulate_W_h:
+            self.grads["W_h"] += h_prev.T @ dz
+        return dz, dz @ W_h.T, dc_prev
+
+    # -- the plain one-step API ---------------------------------------------------------------
+
+    def forward(self, x: np.ndarray, h_prev: np.ndarray | None = None,
+                c_prev: np.ndarray | None = None):
+        """x (B, D), h_prev and c_prev (B, H) (None = zeros) -> ``(h, c), cache``."""
+        x = check_array("x", x, ndim=2, last_dim=self.input_size, dtype=self.dtype)
+        h_prev = _check_state("h_prev", h_prev, self.hidden_size, self.dtype)
+        c_prev = _check_state("c_prev", c_prev, self.hidden_size, self.dtype)
+        check_same_batch(x=x, h_prev=h_prev, c_prev=c_prev)
+        zeros = np.zeros((x.shape[0], self.hidden_size), self.dtype)
+        h_prev = zeros if h_prev is None else h_prev
+        c_prev = zeros if c_prev is None else c_prev
+        xw, lin_cache = self.project_input(x)
+        (h, c), step_cache = self.step(xw, h_prev, c_prev)
+        return (h, c), (lin_cache, step_cache)
+
+    def backward(self, dh, dc, cache):
+        """dh, dc: (B, H) gradients on h and c (None = zero).  Accumulates every parameter
+        gradient; returns ``dx`` (B, D), ``dh_prev``, ``dc_prev`` (B, H)."""
+        lin_cache, step_cache = cache
+        B, H = step_cache[3].shape
+        dh = None if dh is None else _check_grad("dh", dh, (B, H), self.dtype)
+        dc = None if dc is None else _check_grad("dc", dc, (B, H), self.dtype)
+        dxw, dh_prev, dc_prev = self.step_backward(dh, dc, step_cache)
+        # forward: xw = x W_x + b
+        dx = self.project_input_backward(dxw, lin_cache)
+        return dx, dh_prev, dc_prev
+
+
+def _check_grad(name: str, value, shape: tuple, dtype) -> np.ndarray:
+    """Upstream gradients must match the output's shape exactly; cast to the model dtype."""
+    value = check_array(name, value, dtype=dtype, allow_empty=True)
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence model
+# --------------------------------------------------------------------------------------------
+
+
+class LSTM(Module):
+    """Single-layer LSTM over a batch-first sequence; child ``cell`` (:class:`LSTMCell`).
+
+    x (B, T, D) -> outputs (B, T, H) (or (B, H), the last step, with return_sequences=False).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, *,
+                 rng: np.random.Generator | None = None, dtype=np.float64):
+        super().__init__(dtype)
+        self.cell = self.add_child("cell", LSTMCell(input_size, hidden_size, rng=rng,
+                                                    dtype=dtype))
+        self.input_size = self.cell.input_size
+        self.hidden_size = self.cell.hidden_size
+
+    def forward(self, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray | None = None,
+                *, return_sequences: bool = True, return_state: bool = False,
+                return_cache: bool = False):
+        """Run the sequence.
+
+        x (B, T, D); h0, c0 (B, H) or None (zeros).  Returns ``outputs`` alone, or a tuple
+        ``outputs[, h_T, c_T][, cache]``: outputs (B, T, H) if return_sequences else (B, H);
+        h_T, c_T (B, H) with return_state; the cache (for :meth:`backward`) last with
+        return_cache.  Integer or other-precision inputs are cast to the model dtype.
+        """
+        H, dt = self.hidden_size, self.dtype
+        x = check_array("x", x, ndim=3, last_dim=self.input_size, dtype=dt, allow_empty=True)
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (B, T, {self.input_size}) with B >= 1 and "
+                             f"T >= 1, got shape {x.shape}")
+        h0 = _check_state("h0", h0, H, dt)
+        c0 = _check_state("c0", c0, H, dt)
+        check_same_batch(x=x, h0=h0, c0=c0)
+        given_state = h0 is not None or c0 is not None
+        B, T, _ = x.shape
+        h = np.zeros((B, H), dt) if h0 is None else h0
+        c = np.zeros((B, H), dt) if c0 is None else c0
+
+        # forward: xw_t = x_t W_x + b for all T steps in one GEMM; xw then holds the activations.
+        xw, lin_cache = self.cell.project_input(x)            # (B, T, 4H)
+        W_h = self.cell.params["W_h"]
+        hs = np.empty((B, T, H), dt)                           # h_1 .. h_T
+        cs = np.empty((B, T + 1, H), dt)                       # c_0 .. c_T
+        tcs = np.empty((B, T, H), dt)                          # tanh(c_1) .. tanh(c_T)
+        cs[:, 0] = c
+        h_init = h.copy()                                      # h_0, kept for dW_h
+        for t in range(T):
+            z = xw[:, t]
+            z += h @ W_h                                       # z_t = xw_t + h_{t-1} W_h
+            h, c, tc = _gates_forward(z, c)
+            hs[:, t] = h
+            cs[:, t + 1] = c
+            tcs[:, t] = tc
+
+        # Without sequences the output is h_T itself: return it as its own array, not an alias.
+        outputs = hs if return_sequences else h.copy()
+        result = [outputs]
+        if return_state:
+            result += [h, c]
+        if return_cache:
+            result.append({"lin": lin_cache, "act": xw, "hs": hs, "cs": cs, "tcs": tcs,
+                           "h0": h_init, "given_state": given_state,
+                           "return_sequences": bool(return_sequences)})
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def backward(self, doutputs: np.ndarray, cache, dh_T: np.ndarray | None = None,
+                 dc_T: np.ndarray | None = None):
+        """Backprop through time.
+
+        doutputs matches the outputs' shape ((B, T, H) or (B, H)); dh_T, dc_T (B, H) optional
+        gradients on the returned final states.  Accumulates the cell's gradients; returns
+        ``dx`` (B, T, D), or ``(dx, dh0, dc0)`` if an initial state was given to forward.
+        """
+        act, hs, cs, tcs = cache["act"], cache["hs"], cache["cs"], cache["tcs"]
+        B, T, H = hs.shape
+        dt = self.dtype
+        seq = cache["return_sequences"]
+        doutputs = _check_grad("doutputs", doutputs, (B, T, H) if seq else (B, H), dt)
+        dh = (np.zeros((B, H), dt) if dh_T is None
+              else _check_grad("dh_T", dh_T, (B, H), dt).copy())
+        dc = np.zeros((B, H), dt) if dc_T is None else _check_grad("dc_T", dc_T, (B, H), dt)
+        if not seq:
+            # forward: outputs = h_T
+            dh += doutputs
+
+        W_h = self.cell.params["W_h"]
+        dZ = np.empty_like(act)                                # (B, T, 4H)
+        for t in range(T - 1, -1, -1):
+            if seq:
+                # forward: outputs[:, t] = h_t
+                dh = dh + doutputs[:, t]
+            # forward: h_t, c_t = gates(z_t, c_{t-1})
+            dc = _gates_backward(dh, dc, act[:, t], cs[:, t], tcs[:, t], dZ[:, t])
+            # forward: z_t = xw_t + h_{t-1} W_h
+            dh = dZ[:, t] @ W_h.T
+
+        # forward: z_t = xw_t + h_{t-1} W_h, for all t at once: one GEMM over B*T rows
+        h_prev = np.empty_like(hs)
+        h_prev[:, 0] = cache["h0"]
+        h_prev[:, 1:] = hs[:, :-1]
+        self.cell.grads["W_h"] += h_prev.reshape(B * T, H).T @ dZ.reshape(B * T, 4 * H)
+        # forward: xw = x W_x + b, all steps in one GEMM
+        dx = self.cell.project_input_backward(dZ, cache["lin"])
+        if cache["given_state"]:
+            return dx, dh, dc
+        return dx
+
+
+# --------------------------------------------------------------------------------------------
+# N-th Farthest classifier
+# --------------------------------------------------------------------------------------------
+
+
+class LSTMClassifier(Module):
+    """The N-th Farthest LSTM baseline: LSTM over the sequence, last hidden state -> read-out MLP.
+
+    Children ``lstm`` (:class:`LSTM`) and ``readout`` (:class:`layers.MLP` with hidden widths
+    ``mlp_hidden`` and ReLU, then a linear layer to ``num_classes`` logits, no final activation;
+    an empty ``mlp_hidden`` gives one linear layer).
+
+    Classifier interface shared by every model of the library::
+
+        logits, cache = model.forward(x)      # x (B, T, input_size) -> logits (B, num_classes)
+        dx = model.backward(dlogits, cache)   # fills grads, returns dx (B, T, input_size)
+        model.config                          # constructor kwargs; Cls(**config, dtype=...)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, *,
+                 mlp_hidden=(256, 256, 256, 256), rng: np.random.Generator | None = None,
+                 dtype=np.float64):
+        super().__init__(dtype)
+        input_size = check_positive_int("input_size", input_size)
+        hidden_size = check_positive_int("hidden_size", hidden_size)
+        num_classes = check_positive_int("num_classes", num_classes)
+        if isinstance(mlp_hidden, (str, bytes)) or not hasattr(mlp_hidden, "__iter__"):
+            raise TypeError(f"mlp_hidden must be a sequence of integers >= 1, got {mlp_hidden!r}")
+        mlp_hidden = [check_positive_int(f"mlp_hidden[{k}]", s)
+                      for k, s in enumerate(mlp_hidden)]
+        rng = np.random.default_rng() if rng is None else rng
+        self.input_size, self.hidden_size, self.num_classes = input_size, hidden_size, num_classes
+        self.mlp_hidden = mlp_hidden
+        self.lstm = self.add_child("lstm", LSTM(input_size, hidden_size, rng=rng, dtype=dtype))
+        self.readout = self.add_child(
+            "readout", MLP([hidden_size, *mlp_hidden, num_classes], rng=rng, dtype=dtype))
+
+    @property
+    def config(self) -> dict:
+        """Constructor keyword arguments (JSON-serialisable; no rng or dtype)."""
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_classes": self.num_classes, "mlp_hidden": list(self.mlp_hidden)}
+
+    def forward(self, x: np.ndarray):
+        """x (B, T, input_size) -> logits (B, num_classes), cache."""
+        h_T, lstm_cache = self.lstm.forward(x, return_sequences=False, return_cache=True)
+        logits, mlp_cache = self.readout.forward(h_T)
+        return logits, (lstm_cache, mlp_cache)
+
+    def backward(self, dlogits: np.ndarray, cache) -> np.ndarray:
+        """dlogits (B, num_classes) -> dx (B, T, input_size); accumulates every gradient."""
+        lstm_cache, mlp_cache = cache
+        B = lstm_cache["hs"].shape[0]
+        dlogits = _check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
+        # forward: logits = readout(h_T)
+        dh_T = self.readout.backward(dlogits, mlp_cache)
+        # forward: h_T = lstm(x)[:, -1]
+        return self.lstm.backward(dh_T, lstm_cache)
