@@ -1,0 +1,505 @@
+"""Hand-written optimisation for any :class:`layers.Module`: Adam(W), global-norm clipping and
+learning-rate schedules.
+
+Everything goes through the module seam ``named_parameters()``, which yields
+``(dotted_name, param, grad)``; the optimizer keeps its moment buffers under the same dotted
+names.  Every update is done *in place* (``p -= ...``) so any other holder of a parameter array
+(a cache, a child module, a test) sees the new values, and float32 parameters stay float32.
+
+* :func:`clip_global_norm` -- scale a set of gradients so that their joint L2 norm is at most
+  ``max_norm``; returns the norm before clipping.
+* :class:`ConstantLR`, :class:`ExponentialDecay` -- callables ``lr(step)``; stateless, so
+  their ``config()`` is all a checkpoint needs (:func:`schedule_from_config` rebuilds them).
+* :class:`Adam` -- Adam with bias correction and optional decoupled (AdamW-style) weight decay,
+  clipping and schedule; ``state_dict()`` / ``load_state_dict()`` resume training bit-exactly.
+
+Typical loop::
+
+    opt = Adam(model, lr=1e-4, clip_norm=5.0,
+               schedule=ExponentialDecay(1e-4, decay_rate=0.95, decay_steps=10_000, min_lr=8e-5))
+    for step in range(num_steps):
+        opt.zero_grad()
+        loss = forward_and_backward(model, batch)  # accumulates into model.grads
+        info = opt.step()                          # {'lr': ..., 'grad_norm': ..., 'clipped': ...}
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+import layers
+
+# Elements per chunk when a float32 gradient is cast to float64 for the norm (2 MiB buffer).
+_NORM_CHUNK = 1 << 18
+
+__all__ = ["clip_global_norm", "ConstantLR", "ExponentialDecay", "schedule_from_config", "Adam"]
+
+
+# --------------------------------------------------------------------------------------------
+# Argument validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_real(name: str, value, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` as a Python float after checking it is a finite real in the range.
+
+    ``low_open``/``high_open`` make the corresponding bound exclusive.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def _check_step(step) -> int:
+    """A schedule's step: an integer >= 0."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"step must be an integer >= 0, got {step!r} ({type(step).__name__})")
+    if step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step}")
+    return int(step)
+
+
+# --------------------------------------------------------------------------------------------
+# Global-norm clipping
+# --------------------------------------------------------------------------------------------
+
+
+def _sum_squares(g: np.ndarray, buf: np.ndarray | None) -> float:
+    """Sum of squares of ``g`` accumulated in float64.
+
+    float64 arrays go straight to a BLAS dot; narrower floats are cast chunk by chunk into the
+    float64 buffer ``buf`` (no temporary as large as ``g``).  NaN gives NaN, Inf gives Inf.
+    """
+    flat = g.reshape(-1)                      # a view for the contiguous arrays of a Module
+    if flat.dtype == np.float64:
+        return float(np.dot(flat, flat))
+    total = 0.0
+    n = flat.size
+    for start in range(0, n, buf.size):
+        chunk = buf[: min(buf.size, n - start)]
+        np.copyto(chunk, flat[start: start + chunk.size])
+        total += float(np.dot(chunk, chunk))
+    return total
+
+
+def _norm_buffer(arrays) -> np.ndarray | None:
+    """float64 scratch for :func:`_sum_squares`, or None when every array is float64."""
+    sizes = [a.size for a in arrays if a.dtype != np.float64]
+    return np.empty(min(_NORM_CHUNK, max(sizes)), np.float64) if sizes else None
+
+
+def _global_norm(grads: list[np.ndarray], buf: np.ndarray | None) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.sqrt(sum(_sum_squares(g, buf) for g in grads))
+
+
+def clip_global_norm(grads: Iterable[np.ndarray], max_norm: float) -> float:
+    """Scale ``grads`` in place so that their joint L2 norm is at most ``max_norm``.
+
+    grads: arrays of any shapes (float32 or float64); the norm is ``sqrt(sum_i sum(g_i**2))``,
+    accumulated in float64 whatever the arrays' dtype.  When it exceeds ``max_norm`` every
+    array is multiplied by ``max_norm / norm`` (keeping its dtype); otherwise nothing changes.
+
+    Returns the norm *before* clipping.  Raises ``FloatingPointError`` (leaving every array
+    unchanged) when the norm is NaN or Inf, i.e. some gradient holds a NaN/Inf.
+    """
+    max_norm = _check_real("max_norm", max_norm, low=0.0, low_open=True)
+    grads = list(grads)
+    for i, g in enumerate(grads):
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"grads[{i}] must be a numpy array, got {type(g).__name__}")
+        if g.dtype.kind != "f":
+            raise TypeError(f"grads[{i}] must hold floats, got dtype {g.dtype}")
+    if not grads:
+        return 0.0
+    norm = _global_norm(grads, _norm_buffer(grads))
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"global gradient norm is {norm} (a gradient holds NaN or Inf); "
+                                 "gradients left unchanged")
+    if norm > max_norm:
+        scale = max_norm / norm               # Python float: float32 arrays stay float32
+        for g in grads:
+            g *= scale
+    return norm
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate schedules
+# --------------------------------------------------------------------------------------------
+
+
+class ConstantLR:
+    """``lr(step) = lr`` for every step >= 0."""
+
+    def __init__(self, lr: float):
+        self.lr = _check_real("lr", lr, low=0.0, low_open=True)
+
+    def __call__(self, step: int) -> float:
+        _check_step(step)
+        return self.lr
+
+    def config(self) -> dict:
+        """Everything needed to rebuild the schedule (it has no state besides this)."""
+        return {"type": "ConstantLR", "lr": self.lr}
+
+    def __repr__(self) -> str:
+        return f"ConstantLR(lr={self.lr!r})"
+
+
+class ExponentialDecay:
+    """``lr(step) = max(min_lr, initial_lr * decay_rate ** (step / decay_steps))``.
+
+    Smooth (not staircase) decay: the rate is multiplied by ``decay_rate`` every
+    ``decay_steps`` steps, and never falls below ``min_lr``.
+
+    Arguments: ``initial_lr > 0``; ``0 < decay_rate <= 1`` (1 means constant);
+    ``decay_steps`` an integer >= 1; ``0 <= min_lr <= initial_lr``.
+
+    Example -- the paper's N-th Farthest runs (Santoro et al., 2018) trained with Adam at
+    1e-4 decaying to a floor of 8e-5.  The paper does not give the decay speed; with a factor
+    0.95 every 10 000 steps the floor is reached after about 43 500 steps::
+
+        >>> sched = ExponentialDecay(1e-4, decay_rate=0.95, decay_steps=10_000, min_lr=8e-5)
+        >>> sched(0), round(sched(10_000), 12), sched(100_000)
+        (0.0001, 9.5e-05, 8e-05)
+    """
+
+    def __init__(self, initial_lr: float, decay_rate: float = 1.0, decay_steps: int = 1,
+                 min_lr: float = 0.0):
+        self.initial_lr = _check_real("initial_lr", initial_lr, low=0.0, low_open=True)
+        self.decay_rate = _check_real("decay_rate", decay_rate, low=0.0, high=1.0, low_open=True)
+        self.decay_steps = layers.check_positive_int("decay_steps", decay_steps)
+        self.min_lr = _check_real("min_lr", min_lr, low=0.0)
+        if self.min_lr > self.initial_lr:
+            raise ValueError(f"min_lr must be <= initial_lr ({self.initial_lr}), "
+                             f"got {self.min_lr}")
+
+    def __call__(self, step: int) -> float:
+        step = _check_step(step)
+        return max(self.min_lr, self.initial_lr * self.decay_rate ** (step / self.decay_steps))
+
+    def config(self) -> dict:
+        """Everything needed to rebuild the schedule (it has no state besides this)."""
+        return {"type": "ExponentialDecay", "initial_lr": self.initial_lr,
+                "decay_rate": self.decay_rate, "decay_steps": self.decay_steps,
+                "min_lr": self.min_lr}
+
+    def __repr__(self) -> str:
+        return (f"ExponentialDecay(initial_lr={self.initial_lr!r}, decay_rate={self.decay_rate!r}, "
+                f"decay_steps={self.decay_steps!r}, min_lr={self.min_lr!r})")
+
+
+_SCHEDULES = {"ConstantLR": ConstantLR, "ExponentialDecay": ExponentialDecay}
+
+
+def schedule_from_config(config: Mapping):
+    """Rebuild a :class:`ConstantLR` or :class:`ExponentialDecay` from its ``config()``."""
+    if not isinstance(config, Mapping) or config.get("type") not in _SCHEDULES:
+        raise ValueError(f"config must be a dict with 'type' in {sorted(_SCHEDULES)}, "
+                         f"got {config!r}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    try:
+        return _SCHEDULES[config["type"]](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad {config['type']} config {config!r}: {exc}") from exc
+
+
+def _schedule_config(schedule):
+    """What a checkpoint stores for ``schedule``: None, its config(), or a 'custom' marker."""
+    if schedule is None:
+        return None
+    config = getattr(schedule, "config", None)
+    if callable(config):
+        return dict(config())
+    return {"type": "custom", "repr": repr(schedule)}
+
+
+# --------------------------------------------------------------------------------------------
+# Adam
+# --------------------------------------------------------------------------------------------
+
+
+def _check_hyperparameters(lr, betas, eps, weight_decay, clip_norm) -> dict:
+    """Validate Adam's hyperparameters; return them as plain Python floats."""
+    lr = _check_real("lr", lr, low=0.0, low_open=True)
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Iterable):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    betas = tuple(betas)
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {len(betas)} values {betas}")
+    beta1 = _check_real("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
+    beta2 = _check_real("betas[1]", betas[1], low=0.0, high=1.0, high_open=True)
+    eps = _check_real("eps", eps, low=0.0, low_open=True)
+    weight_decay = _check_real("weight_decay", weight_decay, low=0.0)
+    if clip_norm is not None:
+        clip_norm = _check_real("clip_norm", clip_norm, low=0.0, low_open=True)
+    return dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+                clip_norm=clip_norm)
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction and optional decoupled weight decay (AdamW).
+
+    One :meth:`step`, with gradient ``g`` of parameter ``p`` and step count ``t`` (1 at the
+    first step)::
+
+        g     <- g * clip_norm / ||all g||     only if clip_norm is set and the norm exceeds it
+        lr    =  schedule(t - 1) if a schedule is given, else the constant lr
+        m     =  b1 m + (1 - b1) g
+        v     =  b2 v + (1 - b2) g^2
+        m_hat =  m / (1 - b1^t),   v_hat = v / (1 - b2^t)
+        p     -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
+
+    The weight-decay term is decoupled from the gradient (it is not seen by ``m``/``v``).  All
+    updates are in place; ``m`` and ``v`` have the dtype and shape of their parameter and live in
+    the dicts :attr:`m`, :attr:`v` under the parameter's dotted name.  The first step of a
+    nonzero gradient moves each entry by almost exactly ``lr`` (bias correction).
+
+    Arguments: ``lr > 0``; ``0 <= beta < 1``; ``eps > 0``; ``weight_decay >= 0``; ``clip_norm``
+    None or > 0; ``schedule`` None or a callable ``step -> lr`` (e.g. :class:`ExponentialDecay`),
+    which overrides ``lr``.
+    """
+
+    def __init__(self, model: layers.Module, lr: float = 1e-3, *,
+                 betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 clip_norm: float | None = None, schedule: Callable[[int], float] | None = None):
+        if not isinstance(model, layers.Module):
+            raise TypeError(f"model must be a layers.Module, got {type(model).__name__}")
+        hyper = _check_hyperparameters(lr, betas, eps, weight_decay, clip_norm)
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"schedule must be None or a callable step -> lr, "
+                            f"got {type(schedule).__name__}")
+        entries = list(model.named_parameters())
+        if not entries:
+            raise ValueError("model has no parameters to optimise")
+        names = [n for n, _, _ in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model has duplicate parameter names: {names}")
+        for name, p, g in entries:
+            if p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"parameter {name!r} must be float32 or float64, got {p.dtype}")
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(f"gradient of {name!r} is {g.dtype}{g.shape}, "
+                                 f"expected {p.dtype}{p.shape} like its parameter")
+
+        self.model = model
+        self._set_hyperparameters(hyper)
+        self.schedule = schedule
+        self.t = 0
+        self._names = tuple(names)
+        self.m: dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p, _ in entries}
+        self.v: dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p, _ in entries}
+        # One flat scratch buffer per dtype, as large as the largest parameter of that dtype;
+        # each parameter works in a view of it, so a step allocates no array-sized temporaries.
+        largest: dict[np.dtype, int] = {}
+        for _, p, _ in entries:
+            largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
+        scratch = {dt: np.empty(size, dt) for dt, size in largest.items()}
+        self._tmp = {n: scratch[p.dtype][: p.size].reshape(p.shape) for n, p, _ in entries}
+        self._norm_buf = _norm_buffer([g for _, _, g in entries])
+
+    # -- hyperparameters ----------------------------------------------------------------------
+
+    def _set_hyperparameters(self, hyper: dict) -> None:
+        self.lr = hyper["lr"]
+        self.beta1, self.beta2 = hyper["betas"]
+        self.eps = hyper["eps"]
+        self.weight_decay = hyper["weight_decay"]
+        self.clip_norm = hyper["clip_norm"]
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return (self.beta1, self.beta2)
+
+    def current_lr(self, t: int | None = None) -> float:
+        """The learning rate used by the step that takes the count from ``t`` to ``t + 1``
+        (default: the next step)."""
+        t = self.t if t is None else t
+        if self.schedule is None:
+            return self.lr
+        lr = self.schedule(t)
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
+                or lr < 0:
+            raise ValueError(f"schedule({t}) must return a finite learning rate >= 0, got {lr!r}")
+        return float(lr)
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def _entries(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The model's current (name, param, grad), checked against the optimizer's buffers."""
+        entries = list(self.model.named_parameters())
+        if tuple(n for n, _, _ in entries) != self._names:
+            raise RuntimeError("the model's parameters changed since the optimizer was built: "
+                               f"expected {list(self._names)}, got {[n for n, _, _ in entries]}")
+        for name, p, g in entries:
+            m = self.m[name]
+            if p.shape != m.shape or g.shape != m.shape or p.dtype != m.dtype:
+                raise RuntimeError(f"parameter {name!r} is now {p.dtype}{p.shape} (gradient "
+                                   f"{g.shape}), the optimizer holds {m.dtype}{m.shape}")
+        return entries
+
+    def zero_grad(self) -> None:
+        """Clear the model's gradients (delegates to ``model.zero_grad()``)."""
+        self.model.zero_grad()
+
+    def step(self) -> dict:
+        """Apply one Adam update from the gradients currently in the model.
+
+        Returns ``{'lr': lr used, 'grad_norm': global gradient norm before clipping,
+        'clipped': whether clipping scaled the gradients}``.
+
+        Raises ``FloatingPointError`` naming the first parameter whose gradient holds a NaN or
+        Inf; nothing (parameters, moments, step count, gradients) is changed then.
+        """
+        entries = self._entries()
+        grads = [g for _, _, g in entries]
+        grad_norm = _global_norm(grads, self._norm_buf)
+        if not math.isfinite(grad_norm):
+            for name, _, g in entries:
+                if not np.isfinite(g).all():
+                    bad = int(g.size - np.count_nonzero(np.isfinite(g)))
+                    raise FloatingPointError(
+                        f"gradient of parameter {name!r} has {bad} non-finite value(s) "
+                        f"(NaN or Inf); no parameter or moment was changed")
+            raise FloatingPointError(f"global gradient norm overflowed to {grad_norm}; "
+                                     "no parameter or moment was changed")
+        lr = self.current_lr(self.t)          # schedule(t - 1) with t the new count
+
+        clipped = self.clip_norm is not None and grad_norm > self.clip_norm
+        if clipped:
+            scale = self.clip_norm / grad_norm
+            for g in grads:
+                g *= scale
+
+        self.t += 1
+        t = self.t
+        b1, b2 = self.beta1, self.beta2
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        # m_hat / (sqrt(v_hat) + eps) = (sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
+        # the same quantity with the bias corrections folded into two scalars.
+        sqrt_bc2 = math.sqrt(bc2)
+        step_size = lr * sqrt_bc2 / bc1
+        eps_hat = self.eps * sqrt_bc2
+        decay = 1.0 - lr * self.weight_decay
+        one_minus_b1 = 1.0 - b1
+        one_minus_b2 = 1.0 - b2
+        # Python-float scalars keep float32 arrays in float32 loops.
+        for name, p, g in entries:
+            m, v, tmp = self.m[name], self.v[name], self._tmp[name]
+            # m = b1 m + (1 - b1) g
+            m *= b1
+            np.multiply(g, one_minus_b1, out=tmp)
+            m += tmp
+            # v = b2 v + (1 - b2) g^2
+            v *= b2
+            np.multiply(g, g, out=tmp)
+            tmp *= one_minus_b2
+            v += tmp
+            # tmp = lr * m_hat / (sqrt(v_hat) + eps)
+            np.sqrt(v, out=tmp)
+            tmp += eps_hat
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            # p -= lr * weight_decay * p   (decoupled; uses p before the Adam step)
+            if self.weight_decay > 0:
+                p *= decay
+            # p -= lr * m_hat / (sqrt(v_hat) + eps)
+            p -= tmp
+        return {"lr": lr, "grad_norm": grad_norm, "clipped": bool(clipped)}
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Step count, hyperparameters, schedule config and copies of ``m`` and ``v``."""
+        return {
+            "t": self.t,
+            "lr": self.lr,
+            "betas": self.betas,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "clip_norm": self.clip_norm,
+            "schedule": _schedule_config(self.schedule),
+            "m": {n: a.copy() for n, a in self.m.items()},
+            "v": {n: a.copy() for n, a in self.v.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict`, in place, after checking all of it.
+
+        Names and shapes of ``m``/``v`` must match the model's parameters exactly (ValueError
+        listing missing/unexpected names or the wrong shape otherwise).  Hyperparameters present
+        in ``state`` replace the current ones; a stored schedule config rebuilds the schedule
+        (a stored custom schedule keeps the one this optimizer was built with).  Nothing changes
+        unless everything is valid.  Together with the model's own ``load_state_dict`` this
+        resumes training bit-exactly.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = [k for k in ("t", "m", "v") if k not in state]
+        if missing:
+            raise ValueError(f"state dict lacks the entries {missing}")
+        t = state["t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
+
+        hyper = _check_hyperparameters(
+            state.get("lr", self.lr), state.get("betas", self.betas), state.get("eps", self.eps),
+            state.get("weight_decay", self.weight_decay), state.get("clip_norm", self.clip_norm))
+        schedule = self.schedule
+        if "schedule" in state:
+            config = state["schedule"]
+            if config is None:
+                schedule = None
+            elif isinstance(config, Mapping) and config.get("type") == "custom":
+                if self.schedule is None:
+                    raise ValueError(f"state was saved with a custom schedule "
+                                     f"({config.get('repr')}); build the optimizer with it")
+            else:
+                schedule = schedule_from_config(config)
+
+        moments = {}
+        for key in ("m", "v"):
+            entry = state[key]
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"state[{key!r}] must be a dict of arrays by parameter name, "
+                                f"got {type(entry).__name__}")
+            lost = sorted(set(self._names) - set(entry))
+            unexpected = sorted(set(entry) - set(self._names))
+            if lost or unexpected:
+                raise ValueError(f"state[{key!r}] does not match the model: missing {lost}, "
+                                 f"unexpected {unexpected}")
+            for name in self._names:
+                value = np.asarray(entry[name])
+                expected = self.m[name].shape
+                if value.shape != expected:
+                    raise ValueError(f"state[{key!r}][{name!r}] has shape {value.shape}, "
+                                     f"expected {expected}")
+                if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
+                    raise ValueError(f"state[{key!r}][{name!r}] must hold finite real numbers")
+                if key == "v" and (value < 0).any():
+                    raise ValueError(f"state['v'][{name!r}] must be >= 0 (a second moment)")
+            moments[key] = entry
+
+        self._set_hyperparameters(hyper)
+        self.schedule = schedule
+        self.t = int(t)
+        for name in self._names:
+            self.m[name][...] = moments["m"][name]
+            self.v[name][...] = moments["v"][name]
+
+    def __repr__(self) -> str:
+        return (f"Adam(lr={self.lr!r}, betas={self.betas!r}, eps={self.eps!r}, "
+                f"weight_decay={self.weight_decay!r}, clip_norm={self.clip_norm!r}, "
+                f"schedule={self.schedule!r}, t={self.t}, parameters={len(self._names)})")
