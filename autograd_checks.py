@@ -343,6 +343,70 @@ def check_rmc_classifier():
                        threshold=SEQUENCE_TOL)
 
 
+@case("relational_rnn.RelationalRNNCell")
+def check_relational_rnn_cell():
+    from relational_rnn_cell import RelationalRNNCell
+    rng = np.random.default_rng(10)
+    results = []
+    for gate, blocks in (("unit", 1), ("memory", 2)):
+        cell = RelationalRNNCell(2, 3, num_slots=2, slot_size=4, num_heads=2,
+                                 num_blocks=blocks, gate_style=gate, rng=rng)
+        _randomise(cell, rng)
+        inputs = {"x": rng.standard_normal((2, 2)), "h": rng.standard_normal((2, 3)),
+                  "c": rng.standard_normal((2, 3)), "memory": rng.standard_normal((2, 2, 4))}
+
+        def fwd(inp, cell=cell):  # outputs out, h, c, memory: the checker draws a dout for each
+            out, state, cache = cell.forward(inp["x"], (inp["h"], inp["c"], inp["memory"]))
+            return (out, *state), cache
+
+        def bwd(d, cache, cell=cell):
+            dx, dstate = cell.backward(d[0], d[1:], cache)
+            return dict(zip(("x", "h", "c", "memory"), (dx, *dstate)))
+
+        results += check_gradients(f"RelationalRNNCell gate={gate} blocks={blocks}", fwd, bwd,
+                                   inputs, cell, threshold=LAYER_TOL)
+    return results
+
+
+@case("relational_rnn.RelationalRNN")
+def check_relational_rnn():
+    from relational_rnn_cell import RelationalRNN
+    rng = np.random.default_rng(11)
+    results = []
+    # key_size 1 differs from head_size 2 in the second configuration.
+    for gate, blocks, key_size in (("unit", 1, None), (None, 2, 1)):
+        model = RelationalRNN(2, 3, 2, num_slots=2, slot_size=4, num_heads=2,
+                              num_blocks=blocks, key_size=key_size, gate_style=gate, rng=rng)
+        _randomise(model, rng)
+        inputs = {"x": rng.standard_normal((2, 5, 2)), "h0": rng.standard_normal((2, 3)),
+                  "c0": rng.standard_normal((2, 3)), "memory0": rng.standard_normal((2, 2, 4))}
+
+        def fwd(inp, model=model):  # outputs (B, T, O), h_T, c_T, memory_T
+            *outs, cache = model.forward(inp["x"], inp["h0"], inp["c0"], inp["memory0"],
+                                         return_state=True, return_cache=True)
+            return tuple(outs), cache
+
+        def bwd(d, cache, model=model):
+            return dict(zip(("x", "h0", "c0", "memory0"), model.backward(d[0], cache, *d[1:])))
+
+        results += check_gradients(f"RelationalRNN T=5 gate={gate} blocks={blocks}", fwd, bwd,
+                                   inputs, model, threshold=SEQUENCE_TOL)
+    return results
+
+
+@case("relational_rnn.RelationalRNNClassifier")
+def check_relational_rnn_classifier():
+    # Also covers RelationalRNN with return_sequences=False and the default initial state.
+    from relational_rnn_cell import RelationalRNNClassifier
+    rng = np.random.default_rng(12)
+    model = RelationalRNNClassifier(2, 3, hidden_size=3, num_slots=2, slot_size=4, num_heads=2,
+                                    mlp_hidden=(4,), rng=rng)
+    _randomise(model, rng)
+    model.readout.layers[0].params["b"] += 1.0   # keep the ReLUs active: no all-zero gradients
+    return module_case("RelationalRNNClassifier T=5", model,
+                       {"x": rng.standard_normal((2, 5, 2))}, threshold=SEQUENCE_TOL)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
