@@ -1,0 +1,276 @@
+"""Figures of N-th Farthest training runs, drawn with matplotlib's Agg backend.
+
+The functions take plain data, so the training CLI, the demo and user scripts share them:
+
+* :func:`read_metrics` -- the lines of a ``metrics.jsonl`` as a list of dicts.
+* :func:`plot_learning_curves` -- several models overlaid: held-out accuracy and loss against
+  steps and against wall time, chance level, curriculum phase changes as vertical lines, and one
+  panel per model with the held-out accuracy for each rank ``n``.
+* :func:`plot_attention_heatmap` -- the attention of a relational memory core on one example:
+  one panel per (head, time step), query rows = memory slots, columns = slots + the input row.
+
+Metrics lines are dicts with an ``"event"`` key:
+
+* ``"eval"``: ``step``, ``wall_time`` (seconds), ``heldout_acc``, ``heldout_loss``,
+  ``acc_per_n`` (list, one value per n, None where the held-out set has no example of that n),
+  and optionally ``train_loss``;
+* ``"phase"``: ``step`` (first step of the phase), ``wall_time``, ``active_objects``,
+  ``active_features`` -- a curriculum phase change;
+* anything else is ignored here.
+
+No pyplot state is used (each figure is a :class:`matplotlib.figure.Figure` on its own Agg
+canvas), so importing this module never changes the caller's matplotlib backend.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["read_metrics", "plot_learning_curves", "plot_attention_heatmap", "MODEL_COLORS"]
+
+# One colour per model kind (others cycle through the default palette).
+MODEL_COLORS = {"rmc": "tab:red", "lstm": "tab:blue", "rrnn": "tab:green"}
+_FALLBACK_COLORS = ["tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Parse a ``metrics.jsonl`` file: one JSON object per non-empty line."""
+    lines = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
+    return lines
+
+
+def _color(kind: str, index: int) -> str:
+    return MODEL_COLORS.get(kind, _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+
+
+def _evals(lines: Sequence[Mapping]) -> list[Mapping]:
+    return [e for e in lines if e.get("event") == "eval"]
+
+
+def _phases(lines: Sequence[Mapping]) -> list[Mapping]:
+    """Phase changes after the start (a phase starting at step 0 needs no line)."""
+    return [e for e in lines if e.get("event") == "phase" and e.get("step", 0) > 0]
+
+
+def _series(evals: Sequence[Mapping], key: str) -> np.ndarray:
+    return np.array([np.nan if e.get(key) is None else float(e[key]) for e in evals])
+
+
+def _phase_label(event: Mapping) -> str:
+    return f"{event.get('active_objects')}x{event.get('active_features')}"
+
+
+def _time_scale(max_seconds: float) -> tuple[float, str]:
+    if max_seconds > 2 * 3600:
+        return 3600.0, "wall time (hours)"
+    if max_seconds > 600:
+        return 60.0, "wall time (minutes)"
+    return 1.0, "wall time (seconds)"
+
+
+def _draw_step_phases(ax, phases: Sequence[Mapping], *, label: bool) -> None:
+    """Grey dashed vertical lines at the phase changes, named at the top of the panel."""
+    for i, event in enumerate(phases):
+        ax.axvline(event["step"], color="0.45", linestyle="--", linewidth=0.9,
+                   label="curriculum phase change" if label and i == 0 else None)
+        ax.annotate(_phase_label(event), xy=(event["step"], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -10), textcoords="offset points", fontsize=7, color="0.3")
+
+
+def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
+                         path: str | os.PathLike, *, chance: float | None = None,
+                         title: str | None = None, labels: Mapping[str, str] | None = None,
+                         dpi: int = 110) -> str:
+    """Draw the learning curves of several models into one PNG and return its path.
+
+    Args:
+        metrics_by_model: model kind (e.g. ``"rmc"``) -> its metrics lines (see module doc).
+        path: output file (PNG).
+        chance: chance accuracy (1 / num_objects); drawn as a dotted line on the accuracy
+            panels, and ``-ln(chance)`` on the loss panels.
+        title: figure title.
+        labels: model kind -> legend label (default: the kind).
+
+    Layout: row 1 held-out accuracy vs steps and vs wall time; row 2 held-out loss (solid) and
+    mean training loss since the previous evaluation (dotted) vs steps and vs wall time; row 3
+    one panel per model with the held-out accuracy for each rank n.  Curriculum phase changes
+    are vertical lines (at the same steps for every model; at each model's own wall time).
+    """
+    if not metrics_by_model:
+        raise ValueError("metrics_by_model is empty: nothing to plot")
+    labels = dict(labels or {})
+    kinds = list(metrics_by_model)
+    n_models = len(kinds)
+    ncols_bottom = max(2, n_models)
+    fig = Figure(figsize=(max(13.0, 4.4 * ncols_bottom), 12.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1])
+    ax_acc_s, ax_acc_t, ax_loss_s, ax_loss_t = top.subplots(2, 2).ravel()
+    bottom_axes = np.atleast_1d(bottom.subplots(1, ncols_bottom, sharey=True))
+
+    max_time = max((float(e.get("wall_time") or 0.0) for lines in metrics_by_model.values()
+                    for e in _evals(lines)), default=0.0)
+    scale, time_label = _time_scale(max_time)
+
+    # Phase lines on the step axes: the curriculum is shared, take the first model's.
+    step_phases = next((_phases(lines) for lines in metrics_by_model.values()
+                        if _phases(lines)), [])
+    for ax in (ax_acc_s, ax_loss_s):
+        _draw_step_phases(ax, step_phases, label=ax is ax_acc_s)
+    wall_phase_labelled = False
+
+    for i, kind in enumerate(kinds):
+        lines = metrics_by_model[kind]
+        evals = _evals(lines)
+        color = _color(kind, i)
+        name = labels.get(kind, kind)
+        if not evals:
+            continue
+        steps = _series(evals, "step")
+        times = _series(evals, "wall_time") / scale
+        acc = _series(evals, "heldout_acc")
+        loss = _series(evals, "heldout_loss")
+        train_loss = _series(evals, "train_loss")
+        ax_acc_s.plot(steps, acc, color=color, label=name)
+        ax_acc_t.plot(times, acc, color=color, label=name)
+        ax_loss_s.plot(steps, loss, color=color, label=name)
+        ax_loss_t.plot(times, loss, color=color, label=name)
+        ax_loss_s.plot(steps, train_loss, color=color, linestyle=":", linewidth=1.0,
+                       label="dotted: training loss" if i == 0 else None)
+        ax_loss_t.plot(times, train_loss, color=color, linestyle=":", linewidth=1.0)
+        for event in _phases(lines):
+            if event.get("wall_time") is not None:
+                for ax in (ax_acc_t, ax_loss_t):
+                    ax.axvline(float(event["wall_time"]) / scale, color=color, linestyle="--",
+                               linewidth=0.8, alpha=0.6,
+                               label=("phase change (model colour)"
+                                      if ax is ax_acc_t and not wall_phase_labelled else None))
+                wall_phase_labelled = True
+
+        # Per-n panel of this model.
+        ax_n = bottom_axes[i]
+        per_n = [e.get("acc_per_n") or [] for e in evals]
+        num_n = max((len(p) for p in per_n), default=0)
+        cmap = _viridis()
+        for n in range(num_n):
+            values = np.array([np.nan if len(p) <= n or p[n] is None else float(p[n])
+                               for p in per_n])
+            tag = " (m itself)" if n == 0 else (" (farthest)" if n == num_n - 1 else "")
+            ax_n.plot(steps, values, color=cmap(n / max(1, num_n - 1)), linewidth=1.1,
+                      label=f"n={n}{tag}")
+        _draw_step_phases(ax_n, step_phases, label=False)
+        if chance is not None:
+            ax_n.axhline(chance, color="k", linestyle=":", linewidth=1.0, label="chance")
+        ax_n.set_title(f"{name}: held-out accuracy per rank n", fontsize=10)
+        ax_n.set_xlabel("training step")
+        ax_n.set_ylim(-0.02, 1.02)
+        ax_n.grid(alpha=0.3)
+        ax_n.legend(fontsize=7, loc="best", ncol=2 if num_n > 4 else 1)
+    for ax in bottom_axes[:1]:
+        ax.set_ylabel("held-out accuracy")
+    for ax in bottom_axes[n_models:]:
+        ax.set_visible(False)
+
+    if chance is not None:
+        for ax in (ax_acc_s, ax_acc_t):
+            ax.axhline(chance, color="k", linestyle=":", linewidth=1.0,
+                       label=f"chance (1/{round(1 / chance)})" if chance > 0 else "chance")
+        if 0 < chance < 1:
+            for ax in (ax_loss_s, ax_loss_t):
+                ax.axhline(-math.log(chance), color="k", linestyle=":", linewidth=1.0,
+                           label="chance loss ln K" if ax is ax_loss_s else None)
+    for ax, ttl, xl, yl in (
+            (ax_acc_s, "Held-out accuracy vs steps", "training step", "held-out accuracy"),
+            (ax_acc_t, "Held-out accuracy vs wall time", time_label, "held-out accuracy"),
+            (ax_loss_s, "Loss vs steps (solid: held-out; dotted: training, mean since the "
+                        "previous evaluation)", "training step", "cross-entropy loss"),
+            (ax_loss_t, "Loss vs wall time (solid: held-out; dotted: training)", time_label,
+             "cross-entropy loss")):
+        ax.set_title(ttl, fontsize=10)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in (ax_acc_s, ax_acc_t):
+        ax.set_ylim(-0.02, 1.02)
+    if title:
+        fig.suptitle(title)
+    path = os.fspath(path)
+    fig.savefig(path)
+    return path
+
+
+def _viridis():
+    import matplotlib
+    return matplotlib.colormaps["viridis"]
+
+
+def plot_attention_heatmap(weights: np.ndarray, path: str | os.PathLike, *,
+                           row_objects: Sequence[int] | None = None, title: str | None = None,
+                           dpi: int = 100) -> str:
+    """Draw the attention of the memory slots of one example and return the PNG's path.
+
+    Args:
+        weights: (T, H, N+1, N+1) attention weights of one example and one attention block
+            (``RelationalMemory.attention_weights(cache)[:, block, example]``): at time step t
+            and head h, row i holds the softmax over the N+1 keys (N memory slots, then the
+            input row) for query i.  Only the N slot queries (rows 0..N-1) are drawn.
+        path: output file (PNG).
+        row_objects: optional (T,) object id shown at each time step, for the column titles.
+        title: figure title.
+
+    One panel per head (rows) and time step (columns); colour scale 0..1 shared by every panel.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 4 or w.shape[2] != w.shape[3] or w.shape[2] < 2:
+        raise ValueError(f"weights must have shape (T, H, N+1, N+1), got {w.shape}")
+    T, H, N1, _ = w.shape
+    N = N1 - 1
+    if row_objects is not None and len(row_objects) != T:
+        raise ValueError(f"row_objects must have length T={T}, got {len(row_objects)}")
+    cell = 0.42
+    fig_w = 1.6 + T * (N1 * cell + 0.45)
+    fig_h = 1.3 + H * (N * cell + 0.55)
+    fig = Figure(figsize=(max(fig_w, 5.0), max(fig_h, 3.0)), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.array(fig.subplots(H, T, squeeze=False))
+    key_labels = [f"s{j}" for j in range(N)] + ["in"]
+    query_labels = [f"s{i}" for i in range(N)]
+    image = None
+    for h in range(H):
+        for t in range(T):
+            ax = axes[h, t]
+            image = ax.imshow(w[t, h, :N, :], vmin=0.0, vmax=1.0, cmap="magma", aspect="equal")
+            ax.set_xticks(range(N1), key_labels, fontsize=6)
+            ax.set_yticks(range(N), query_labels, fontsize=6)
+            ax.tick_params(length=1.5, pad=1)
+            if h == 0:
+                col = f"t={t}"
+                if row_objects is not None:
+                    col += f"\nobject {int(row_objects[t])}"
+                ax.set_title(col, fontsize=8)
+            if t == 0:
+                ax.set_ylabel(f"head {h}\nquery: memory slot", fontsize=7)
+            if h == H - 1:
+                ax.set_xlabel("key: slot / input", fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle(title or "Relational memory attention (rows: memory-slot queries; "
+                 "columns: slots + input row)", fontsize=10)
+    path = os.fspath(path)
+    fig.savefig(path)
+    return path
