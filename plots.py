@@ -29,8 +29,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 __all__ = ["read_metrics", "plot_learning_curves", "plot_attention_heatmap", "MODEL_COLORS"]
 
@@ -52,6 +50,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
     return lines
+
+
+def _new_figure(**kwargs):
+    """A Figure on its own Agg canvas (matplotlib is imported on first use only)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _color(kind: str, index: int) -> str:
@@ -117,8 +124,8 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
     kinds = list(metrics_by_model)
     n_models = len(kinds)
     ncols_bottom = max(2, n_models)
-    fig = Figure(figsize=(max(13.0, 4.4 * ncols_bottom), 12.5), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _new_figure(figsize=(max(13.0, 4.4 * ncols_bottom), 12.5), dpi=dpi,
+                      layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1])
     ax_acc_s, ax_acc_t, ax_loss_s, ax_loss_t = top.subplots(2, 2).ravel()
     bottom_axes = np.atleast_1d(bottom.subplots(1, ncols_bottom, sharey=True))
@@ -246,8 +253,8 @@ def plot_attention_heatmap(weights: np.ndarray, path: str | os.PathLike, *,
     cell = 0.42
     fig_w = 1.6 + T * (N1 * cell + 0.45)
     fig_h = 1.3 + H * (N * cell + 0.55)
-    fig = Figure(figsize=(max(fig_w, 5.0), max(fig_h, 3.0)), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _new_figure(figsize=(max(fig_w, 5.0), max(fig_h, 3.0)), dpi=dpi,
+                      layout="constrained")
     axes = np.array(fig.subplots(H, T, squeeze=False))
     key_labels = [f"s{j}" for j in range(N)] + ["in"]
     query_labels = [f"s{i}" for i in range(N)]

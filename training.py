@@ -839,7 +839,7 @@ def summary_table(results: Mapping) -> str:
 
 
 def write_run_outputs(run_dir: str, cfg: Mapping, *, eval_set: nf.EvalSet | None = None,
-                      command: Sequence[str] | None = None) -> dict:
+                      command: Sequence[str] | None = None, make_plots: bool = True) -> dict:
     """Write learning_curves.png, attention_heatmap.png (RMC runs) and results.json of a run
     folder from its per-model metrics and checkpoints; return the results dict."""
     import plots
@@ -863,7 +863,7 @@ def write_run_outputs(run_dir: str, cfg: Mapping, *, eval_set: nf.EvalSet | None
         summary["num_parameters"] = model.num_parameters()
         summary["model_config"] = model.config
         results["models"][kind] = summary
-    if metrics:
+    if metrics and make_plots:
         title = (f"N-th Farthest, {K} objects x {cfg['num_features']} features "
                  f"(preset {cfg.get('preset')}, batch {cfg['batch_size']}"
                  + (f", curriculum {cfg['curriculum']}" if cfg.get("curriculum") else "") + ")")
@@ -1076,6 +1076,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="BLAS threads when run as a script (default 1; 0 = library default)")
     run.add_argument("--no-progress", action="store_true", default=False,
                      help="no progress line on stderr")
+    run.add_argument("--no-plots", action="store_true", default=False,
+                     help="skip learning_curves.png and attention_heatmap.png (results.json "
+                          "and the summary table are still written)")
 
     task = p.add_argument_group("task")
     task.add_argument("--num-objects", type=_int_at_least(2), metavar="K",
@@ -1241,7 +1244,7 @@ def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
     if changed:
         raise UsageError(f"--resume continues a run with its own settings; it cannot be combined "
                          f"with {', '.join(changed)} (only --steps, --time-budget, --eval-every, "
-                         "--checkpoint-every, --model, --threads, --no-progress)")
+                         "--checkpoint-every, --model, --threads, --no-progress, --no-plots)")
     config_path = os.path.join(run_dir, RUN_CONFIG_NAME)
     if not os.path.isdir(run_dir):
         raise UsageError(f"--resume {run_dir}: no such folder")
@@ -1281,10 +1284,9 @@ def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
         if mismatch:
             raise UsageError(f"--resume {run_dir}: {ckpt} belongs to another run (it differs "
                              f"in {', '.join(mismatch)})")
-        expected = model_kwargs(kind, cfg["model_sizes"][kind], cfg["num_objects"],
-                                cfg["num_features"])
-        if any(info["model_config"].get(k) != v for k, v in expected.items()) \
-                or info["dtype"] != cfg["dtype"]:
+        expected = build_model(kind, cfg["model_sizes"][kind], cfg["num_objects"],
+                               cfg["num_features"], dtype=cfg["dtype"]).config
+        if _json_safe(expected) != info["model_config"] or info["dtype"] != cfg["dtype"]:
             raise UsageError(f"--resume {run_dir}: {ckpt} holds a model of another shape or "
                              "dtype than the run config")
         if info["step"] > cfg["steps"]:
@@ -1345,10 +1347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"--resume {run_dir}", file=sys.stderr)
             interrupted = True
 
-    results = write_run_outputs(run_dir, cfg, eval_set=eval_set, command=command)
+    results = write_run_outputs(run_dir, cfg, eval_set=eval_set, command=command,
+                                make_plots=not args.no_plots)
     print()
     print(summary_table(results))
-    print(f"\noutputs in {run_dir}: {RESULTS_NAME}, {CURVES_NAME}"
+    print(f"\noutputs in {run_dir}: {RESULTS_NAME}"
+          + (f", {CURVES_NAME}" if "learning_curves" in results else "")
           + (f", {HEATMAP_NAME}" if "attention_heatmap" in results else "")
           + ", <model>/metrics.jsonl, <model>/checkpoint.npz", flush=True)
     if interrupted:

@@ -1,0 +1,417 @@
+"""Training CLI of nth_farthest.py: outputs of a run, exact resume, refusals, NaN stop,
+curriculum, that learning happens, checkpoints and bad arguments.  Tiny models, tens of steps."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import nth_farthest as nf
+import training
+from training import CheckpointError, load_checkpoint, parse_curriculum, phase_at
+
+# Tiny models and a tiny run: every size option is given so the presets may change freely.
+BASE = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkpoint-every", "10",
+        "--mem-slots", "2", "--head-size", "4", "--num-heads", "2", "--hidden-size", "8",
+        "--mlp-hidden", "16", "--lr", "1e-3", "--time-budget", "none", "--no-progress",
+        "--num-objects", "4", "--num-features", "4", "--no-plots"]
+TINY = BASE + ["--curriculum", "3x2:6,4x4"]
+QUIET = ["--no-progress", "--no-plots"]             # run-time flags, also for --resume
+# The same for an lstm-only run (the memory options do not apply to it).
+LSTM = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkpoint-every", "10",
+        "--hidden-size", "8", "--mlp-hidden", "16", "--time-budget", "none", "--no-progress",
+        "--curriculum", "none", "--no-plots"]
+
+
+def run_cli(argv):
+    """training.main with argparse's SystemExit turned into the exit status."""
+    try:
+        return training.main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code
+
+
+def strict_json_lines(path):
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant} in {path}")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line, parse_constant=reject) for line in fh if line.strip()]
+
+
+def params_of(folder):
+    model, info = load_checkpoint(folder)
+    return model.parameters(), info
+
+
+# --------------------------------------------------------------------------------------------
+# Smoke run: every output of every model
+# --------------------------------------------------------------------------------------------
+
+
+def test_smoke_run_of_all_models_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "all", "--steps", 12, "--out", out,
+                    *[a for a in TINY if a != "--no-plots"]]) == 0
+    stdout = capsys.readouterr().out
+    for name in ("run_config.json", "results.json", "learning_curves.png",
+                 "attention_heatmap.png"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "results.json", encoding="utf-8") as fh:
+        results = json.load(fh, parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+    assert set(results["models"]) == {"rmc", "lstm", "rrnn"}
+    assert results["chance_accuracy"] == 0.25
+    assert "nth_farthest.py" in results["command"]
+    for kind in ("rmc", "lstm", "rrnn"):
+        r = results["models"][kind]
+        assert r["status"] == "finished" and r["steps_done"] == 12 and r["steps"] == 12
+        assert 0.0 <= r["final"]["heldout_acc"] <= 1.0 and len(r["final"]["acc_per_n"]) == 4
+        lines = strict_json_lines(out / kind / "metrics.jsonl")
+        evals = [e for e in lines if e["event"] == "eval"]
+        assert [e["step"] for e in evals] == [0, 5, 10, 12]
+        for key in ("wall_time", "phase", "lr", "train_loss", "heldout_loss", "heldout_acc",
+                    "acc_per_n"):
+            assert key in evals[-1], key
+        assert [(e["step"], e["active_objects"]) for e in lines if e["event"] == "phase"] == \
+            [(0, 3), (6, 4)]
+        model, info = load_checkpoint(out / kind)
+        assert info["kind"] == kind and info["step"] == 12 and info["dtype"] == "float32"
+        assert model.num_parameters() == r["num_parameters"]
+    # the summary table names every model
+    table = stdout[stdout.index("held-out acc"):]
+    assert all(k in table for k in ("rmc", "lstm", "rrnn"))
+    assert "curriculum phase 2/2: 4 objects x 4 features" in stdout
+
+
+def test_progress_lines_on_stderr_when_not_a_tty(tmp_path, capsys):
+    assert run_cli(["--model", "lstm", "--steps", 5, "--out", tmp_path / "p", "--batch-size", 8,
+                    "--eval-size", 32, "--hidden-size", 8, "--mlp-hidden", 16, "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "[lstm] step 5/5" in err and "steps/s" in err and "held-out acc" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+
+
+class Interrupt:
+    """Wrap make_batch to raise KeyboardInterrupt on its ``at``-th call (a crash mid-run)."""
+
+    def __init__(self, at):
+        self.at, self.calls = at, 0
+        self.real = nf.make_batch
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def eval_history(folder):
+    return [{k: v for k, v in e.items() if k != "wall_time"}
+            for e in strict_json_lines(folder / "metrics.jsonl") if e["event"] == "eval"]
+
+
+@pytest.mark.parametrize("how", ["crash", "time_budget"])
+def test_interrupted_and_resumed_run_ends_with_exactly_the_same_parameters(tmp_path, monkeypatch,
+                                                                         how):
+    steps = 27
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    argv = ["--model", "rmc,lstm", "--steps", steps, *TINY]
+    assert run_cli([*argv, "--out", full]) == 0
+    if how == "crash":
+        # The rmc model crashes while drawing the batch of step 24: its checkpoint is at 20 and
+        # metrics.jsonl already has lines up to step 20 (eval at 5, 10, ...), lstm never starts.
+        interrupt = Interrupt(at=24)
+        monkeypatch.setattr(training.nf, "make_batch", interrupt)
+        assert run_cli([*argv, "--out", cut]) == 130
+        monkeypatch.setattr(training.nf, "make_batch", interrupt.real)
+        assert load_checkpoint(cut / "rmc")[1]["step"] == 20
+        assert not (cut / "lstm" / "checkpoint.npz").exists()
+        with open(cut / "rmc" / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"event": "eval", "step": 23, "wall_time": 0.0}) + "\n")
+        assert run_cli(["--resume", cut, *QUIET]) == 0
+    else:
+        # A budget this small stops each model cleanly after its first step (checkpoint at 1).
+        assert run_cli([*argv, "--out", cut, "--time-budget", "1e-9"]) == 0
+        for kind in ("rmc", "lstm"):
+            assert load_checkpoint(cut / kind)[1]["step"] == 1
+        with open(cut / "results.json", encoding="utf-8") as fh:
+            assert json.load(fh)["models"]["rmc"]["status"] == "time_budget"
+        assert run_cli(["--resume", cut, "--time-budget", "none", *QUIET]) == 0
+    for kind in ("rmc", "lstm"):
+        p_full, info_full = params_of(full / kind)
+        p_cut, info_cut = params_of(cut / kind)
+        assert info_cut["step"] == info_full["step"] == steps
+        assert p_full.keys() == p_cut.keys()
+        for name in p_full:
+            assert np.array_equal(p_full[name], p_cut[name]), f"{kind} {name}"
+        for moment in ("m", "v"):
+            for name, value in info_full["optimizer"][moment].items():
+                assert np.array_equal(value, info_cut["optimizer"][moment][name])
+        assert info_full["data_rng_state"] == info_cut["data_rng_state"]
+        history_full, history_cut = eval_history(full / kind), eval_history(cut / kind)
+        if how == "crash":       # the line past the checkpoint was dropped; identical history
+            assert history_cut == history_full
+        else:   # one extra evaluation where the budget stopped it, which starts a new window
+            def held_out(history):      # of training statistics: compare held-out values only
+                return [{k: v for k, v in e.items() if not k.startswith("train_")}
+                        for e in history if e["step"] != 1]
+            assert held_out(history_cut) == held_out(history_full)
+    with open(cut / "results.json", encoding="utf-8") as fh:
+        results = json.load(fh)
+    assert all(r["status"] == "finished" for r in results["models"].values())
+    assert len(results["commands"]) == 2
+
+
+def test_resume_with_more_steps_continues_and_finished_models_are_skipped(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli(["--model", "lstm", "--steps", 10, "--out", out, *LSTM]) == 0
+    assert run_cli(["--resume", out, *QUIET]) == 0
+    assert "already at step 10/10: skipped" in capsys.readouterr().out
+    assert run_cli(["--resume", out, "--steps", 15, *QUIET]) == 0
+    assert load_checkpoint(out / "lstm")[1]["step"] == 15
+    resumes = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl")
+               if e["event"] == "resume"]
+    assert [e["step"] for e in resumes] == [10]
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals: existing run, bad checkpoints, bad arguments
+# --------------------------------------------------------------------------------------------
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_out_folder_holding_a_run_is_refused_and_left_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "lstm", "--steps", 3, "--out", out, *LSTM]) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert run_cli(["--model", "lstm", "--steps", 3, "--out", out, *LSTM]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert snapshot(out) == before
+    # an existing empty folder is fine
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", tmp_path / "empty",
+                    *LSTM]) == 0
+
+
+def test_bad_checkpoints_are_refused_with_a_clear_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "rmc,lstm", "--steps", 3, "--out", out, *TINY]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+
+    # another model's checkpoint in the rmc folder
+    rmc_ckpt = out / "rmc" / "checkpoint.npz"
+    rmc_bytes = rmc_ckpt.read_bytes()
+    rmc_ckpt.write_bytes((out / "lstm" / "checkpoint.npz").read_bytes())
+    with pytest.raises(CheckpointError, match="holds a 'lstm' model, expected 'rmc'"):
+        load_checkpoint(rmc_ckpt, expect_kind="rmc")
+    assert run_cli(["--resume", out, "--steps", 5]) == 2
+    assert "holds a 'lstm' model, expected 'rmc'" in capsys.readouterr().err
+
+    # an unreadable file
+    rmc_ckpt.write_bytes(b"this is not a zip archive")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(rmc_ckpt)
+    assert run_cli(["--resume", out, "--steps", 5]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+    # a checkpoint of another run (different model sizes in the run config)
+    rmc_ckpt.write_bytes(rmc_bytes)
+    config_path = out / "run_config.json"
+    config_bytes = config_path.read_bytes()
+    config = json.loads(config_bytes)
+    config["model_sizes"]["rmc"]["mem_slots"] = 3
+    config_path.write_text(json.dumps(config))
+    assert run_cli(["--resume", out, "--steps", 5]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    config_path.write_bytes(config_bytes)
+
+    # a missing checkpoint file, a folder without a run
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_checkpoint(tmp_path / "nowhere")
+    assert run_cli(["--resume", tmp_path]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-objects", "1"], "--num-objects"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--steps", "-5"], "--steps"),
+    (["--steps", "ten"], "--steps"),
+    (["--preset", "huge"], "--preset"),
+    (["--model", "gru"], "--model"),
+    (["--curriculum", "3x1:100,5x4"], "objects must lie in [2, 4]"),
+    (["--curriculum", "3x1,4x4"], "needs a step count"),
+    (["--curriculum", "3x1:10,4x4:20"], "takes no step count"),
+    (["--curriculum", "3by1:10,4x4"], "OBJECTSxFEATURES"),
+    (["--curriculum", "3x9:10,4x4"], "features must lie in [1, 4]"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "0.01", "--min-lr", "0.1"], "--min-lr"),
+    (["--lr-decay-rate", "1.5"], "--lr-decay-rate"),
+    (["--model", "lstm", "--num-heads", "2"], "--num-heads applies to rmc/rrnn"),
+    (["--mlp-hidden", "16,x"], "--mlp-hidden"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--resume", "x", "--lr", "0.1"], "cannot be combined with --lr"),
+])
+def test_bad_arguments_exit_non_zero_before_writing_anything(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert run_cli(["--out", out, "--model", "rmc", *argv] if "--resume" not in argv
+                   else argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# NaN stop
+# --------------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_the_model_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch,
+                                                                         capsys):
+    from relational_memory import RMCClassifier
+    real_forward = RMCClassifier.forward
+    calls = {"train": 0}
+
+    def forward(self, x):
+        logits, cache = real_forward(self, x)
+        if x.shape[0] == 8:                  # a training batch (the held-out batches hold 64)
+            calls["train"] += 1
+            if calls["train"] == 13:
+                logits = logits * np.nan
+        return logits, cache
+
+    monkeypatch.setattr(RMCClassifier, "forward", forward)
+    out = tmp_path / "nan"
+    assert run_cli(["--model", "rmc,lstm", "--steps", 20, "--out", out, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "rmc: training stopped at step 13" in err and "NaN" in err.replace("nan", "NaN")
+    model, info = load_checkpoint(out / "rmc")
+    assert info["step"] == 10
+    assert all(np.isfinite(p).all() for p in model.parameters().values())
+    stops = [e for e in strict_json_lines(out / "rmc" / "metrics.jsonl") if e["event"] == "stop"]
+    assert stops[-1]["reason"] == "nan" and stops[-1]["step"] == 13
+    with open(out / "results.json", encoding="utf-8") as fh:
+        results = json.load(fh)
+    assert results["models"]["rmc"]["status"] == "nan"
+    assert results["models"]["lstm"]["status"] == "finished"      # the next model still ran
+
+
+# --------------------------------------------------------------------------------------------
+# Curriculum
+# --------------------------------------------------------------------------------------------
+
+
+def test_parse_curriculum_and_phase_boundaries():
+    phases = parse_curriculum(" 3x1:3000, 3X4:6000 ,4x4", 4, 4)
+    assert phases == [(3, 1, 3000), (3, 4, 6000), (4, 4, None)]
+    assert [phase_at(phases, s) for s in (0, 2999, 3000, 8999, 9000, 10 ** 6)] == \
+        [0, 0, 1, 1, 2, 2]
+    assert parse_curriculum("none", 8, 16) == [(8, 16, None)]
+    assert parse_curriculum(None, 8, 16) == [(8, 16, None)]
+    assert training.format_curriculum(phases) == "3x1:3000,3x4:6000,4x4"
+    for bad in ("", "3x1:0,4x4", "1x1:5,4x4", "4x5", "3x1:5,,4x4", "x:1,4x4", "3x1:a,4x4"):
+        if bad == "":
+            continue                                   # '' means no curriculum
+        with pytest.raises(ValueError, match="curriculum phase"):
+            parse_curriculum(bad, 4, 4)
+
+
+def test_each_phase_trains_on_its_active_sizes_and_evaluation_uses_the_full_task(tmp_path,
+                                                                                monkeypatch):
+    seen = []
+    real = nf.make_batch
+
+    def spy(rng, batch_size, num_objects, num_features, **kwargs):
+        x, y, n = real(rng, batch_size, num_objects, num_features, **kwargs)
+        if batch_size == 8:                             # not the held-out set (40 examples)
+            seen.append((kwargs.get("active_objects"), kwargs.get("active_features"), x, y, n))
+        return x, y, n
+
+    from lstm_baseline import LSTMClassifier
+    real_forward = LSTMClassifier.forward
+    eval_shapes = []
+
+    def forward(self, x):
+        if x.shape[0] != 8:
+            eval_shapes.append(x.shape)
+        return real_forward(self, x)
+
+    monkeypatch.setattr(training.nf, "make_batch", spy)
+    monkeypatch.setattr(LSTMClassifier, "forward", forward)
+    argv = ["--model", "lstm", "--steps", 10, "--out", tmp_path / "c", "--batch-size", 8,
+            "--eval-size", 40, "--eval-every", 5, "--hidden-size", 8, "--mlp-hidden", 16,
+            "--num-objects", 5, "--num-features", 3, "--curriculum", "2x1:3,3x2:4,5x3",
+            "--no-progress", "--no-plots"]
+    assert run_cli(argv) == 0
+    assert [(k, f) for k, f, *_ in seen] == [(2, 1)] * 3 + [(3, 2)] * 4 + [(5, 3)] * 3
+    width = nf.task_width(5, 3)
+    for k, f, x, y, n in seen:
+        assert x.shape == (8, k, width)
+        assert not x[:, :, f:3].any()                   # inactive features are zero
+        assert y.max() < k and n.max() < k
+    assert eval_shapes and all(s[1:] == (5, width) for s in eval_shapes)
+    lines = strict_json_lines(tmp_path / "c" / "lstm" / "metrics.jsonl")
+    assert [(e["step"], e["active_objects"], e["active_features"])
+            for e in lines if e["event"] == "phase"] == [(0, 2, 1), (3, 3, 2), (7, 5, 3)]
+
+
+# --------------------------------------------------------------------------------------------
+# Learning happens
+# --------------------------------------------------------------------------------------------
+
+
+def test_lstm_learns_the_easy_task_well_above_chance(tmp_path):
+    """3 objects x 1 feature: after a few hundred steps the held-out accuracy is far above 1/3."""
+    out = tmp_path / "learn"
+    assert run_cli(["--model", "lstm", "--num-objects", 3, "--num-features", 1,
+                    "--curriculum", "none", "--steps", 400, "--batch-size", 32,
+                    "--lr", "3e-3", "--lr-decay-rate", 1, "--min-lr", 0, "--hidden-size", 32,
+                    "--mlp-hidden", "32", "--eval-size", 600, "--eval-every", 400,
+                    "--out", out, "--no-progress", "--no-plots"]) == 0
+    with open(out / "results.json", encoding="utf-8") as fh:
+        acc = json.load(fh)["models"]["lstm"]["final"]["heldout_acc"]
+    assert acc > 0.6, acc
+
+
+# --------------------------------------------------------------------------------------------
+# Library helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_is_written_atomically_and_round_trips(tmp_path):
+    from optimizer import Adam
+    model = training.build_model("rmc", training.PRESETS["quick"]["models"]["rmc"], 3, 2,
+                                 dtype=np.float64, rng=np.random.default_rng(1))
+    opt = Adam(model, lr=1e-3)
+    rng = np.random.default_rng(5)
+    rng.random(3)
+    path = tmp_path / "checkpoint.npz"
+    cfg = {"phases": [[3, 2, None]], "example": True}
+    training.save_checkpoint(str(path), kind="rmc", model=model, optimizer=opt, data_rng=rng,
+                             step=7, run_config=cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]    # no temporary left
+    loaded, info = load_checkpoint(path)
+    assert type(loaded) is type(model) and loaded.dtype == np.float64
+    for name, p in model.parameters().items():
+        assert np.array_equal(p, loaded.parameters()[name])
+    assert info["step"] == 7 and info["run_config"] == cfg and info["kind"] == "rmc"
+    restored = np.random.Generator(np.random.PCG64())
+    restored.bit_generator.state = info["data_rng_state"]
+    assert np.array_equal(restored.random(4), rng.random(4))
+
+
+def test_plot_functions_reject_bad_input(tmp_path):
+    import plots
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.plot_learning_curves({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="shape"):
+        plots.plot_attention_heatmap(np.zeros((2, 3, 4)), tmp_path / "x.png")
