@@ -319,3 +319,129 @@ def torch_rmc_classifier_from_numpy(model) -> TorchRMCClassifier:
         mlp_hidden=tuple(model.mlp_hidden), dtype=model.dtype)
     copy_numpy_params(ref, model)
     return ref
+
+
+# --------------------------------------------------------------------------------------------
+# Classifiers of the benchmark (benchmarks/bench_step.py): the LSTM baseline and the
+# RelationalRNN, in the same ``numpy_names`` convention as the RMC section above
+# --------------------------------------------------------------------------------------------
+
+
+def _readout_names(prefix: str, readout) -> dict:
+    names = {}
+    for i, lin in enumerate(readout):
+        names.update(_linear_names(f"{prefix}fc{i}.", lin))
+    return names
+
+
+def _run_readout(readout, h):
+    """ReLU between the Linear layers of ``readout`` (a ModuleList), none after the last."""
+    last = len(readout) - 1
+    for i, lin in enumerate(readout):
+        h = lin(h)
+        if i < last:
+            h = torch.relu(h)
+    return h
+
+
+def _torch_lstm(input_size: int, hidden_size: int, dtype) -> "torch.nn.LSTM":
+    """torch.nn.LSTM with one trainable bias: ``bias_hh_l0`` stays zero and frozen, so the
+    module has exactly the parameters of ``lstm_baseline.LSTMCell``."""
+    lstm = torch.nn.LSTM(input_size, hidden_size, num_layers=1, batch_first=True, dtype=dtype)
+    with torch.no_grad():
+        lstm.bias_hh_l0.zero_()
+    lstm.bias_hh_l0.requires_grad_(False)
+    return lstm
+
+
+def _lstm_names(prefix: str, lstm) -> dict:
+    return {prefix + "W_x": (lstm.weight_ih_l0, True), prefix + "W_h": (lstm.weight_hh_l0, True),
+            prefix + "b": (lstm.bias_ih_l0, False)}
+
+
+class TorchLSTMClassifier(torch.nn.Module):
+    """x (B, T, I) -> logits (B, C): torch.nn.LSTM from zero state, its last hidden state,
+    ReLU hidden layers ``mlp_hidden``, then a linear layer (``lstm_baseline.LSTMClassifier``)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, *,
+                 mlp_hidden=(256, 256, 256, 256), dtype=torch.float32):
+        super().__init__()
+        dtype = _as_torch_dtype(dtype)
+        self.lstm = _torch_lstm(input_size, hidden_size, dtype)
+        sizes = [hidden_size, *mlp_hidden, num_classes]
+        self.readout = torch.nn.ModuleList(torch.nn.Linear(a, b, dtype=dtype)
+                                           for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def numpy_names(self, prefix: str = "") -> dict:
+        return {**_lstm_names(prefix + "lstm.cell.", self.lstm),
+                **_readout_names(prefix + "readout.", self.readout)}
+
+    def forward(self, x):
+        _, (h_T, _) = self.lstm(x)
+        return _run_readout(self.readout, h_T[0])
+
+
+def torch_lstm_classifier_from_numpy(model) -> TorchLSTMClassifier:
+    """A :class:`TorchLSTMClassifier` with the sizes, dtype and weights of an
+    ``lstm_baseline.LSTMClassifier``."""
+    ref = TorchLSTMClassifier(model.input_size, model.hidden_size, model.num_classes,
+                              mlp_hidden=tuple(model.mlp_hidden), dtype=model.dtype)
+    copy_numpy_params(ref, model)
+    return ref
+
+
+class TorchRelationalRNNClassifier(torch.nn.Module):
+    """``relational_rnn_cell.RelationalRNNClassifier`` in PyTorch: x (B, T, I) -> logits (B, C).
+
+    h_t = LSTM(x_t) (torch.nn.LSTM, zero initial state); M_t = RelationalMemory(h_t, M_{t-1})
+    from the identity initial memory; at the last step r = mean_N(M_T) W_r + b_r,
+    out = tanh([h_T ; r] W_c + b_c), y = out W_o + b_o; then the read-out MLP to logits.
+    """
+
+    def __init__(self, input_size: int, num_classes: int, *, hidden_size: int = 64,
+                 num_slots: int = 4, slot_size: int = 64, num_heads: int = 2,
+                 num_blocks: int = 1, key_size: int | None = None,
+                 attention_mlp_layers: int = 2, gate_style: str | None = "unit",
+                 forget_bias: float = 1.0, input_bias: float = 0.0,
+                 mlp_hidden=(256, 256, 256, 256), dtype=torch.float32):
+        super().__init__()
+        dtype = _as_torch_dtype(dtype)
+        H = hidden_size
+        self.lstm = _torch_lstm(input_size, H, dtype)
+        self.memory = TorchRelationalMemory(
+            H, num_slots, slot_size // num_heads, num_heads, num_blocks=num_blocks,
+            key_size=key_size, attention_mlp_layers=attention_mlp_layers,
+            gate_style=gate_style, forget_bias=forget_bias, input_bias=input_bias, dtype=dtype)
+        self.mem_readout = torch.nn.Linear(slot_size, H, dtype=dtype)
+        self.combine = torch.nn.Linear(2 * H, H, dtype=dtype)
+        self.output = torch.nn.Linear(H, H, dtype=dtype)
+        sizes = [H, *mlp_hidden, num_classes]
+        self.readout = torch.nn.ModuleList(torch.nn.Linear(a, b, dtype=dtype)
+                                           for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def numpy_names(self, prefix: str = "") -> dict:
+        cell = prefix + "rnn.cell."
+        return {**_lstm_names(cell + "lstm.", self.lstm),
+                **self.memory.numpy_names(cell + "memory."),
+                **_linear_names(cell + "readout.", self.mem_readout),
+                **_linear_names(cell + "combine.", self.combine),
+                **_linear_names(prefix + "rnn.output.", self.output),
+                **_readout_names(prefix + "readout.", self.readout)}
+
+    def forward(self, x):
+        hs, _ = self.lstm(x)                                      # (B, T, H)
+        memory_T = self.memory.forward_sequence(hs)[:, -1]        # (B, N, d)
+        r = self.mem_readout(memory_T.mean(dim=1))
+        out = torch.tanh(self.combine(torch.cat([hs[:, -1], r], dim=-1)))
+        return _run_readout(self.readout, self.output(out))
+
+
+def torch_relational_rnn_classifier_from_numpy(model) -> TorchRelationalRNNClassifier:
+    """A :class:`TorchRelationalRNNClassifier` with the configuration, dtype and weights of a
+    ``relational_rnn_cell.RelationalRNNClassifier``."""
+    cfg = dict(model.config)
+    ref = TorchRelationalRNNClassifier(cfg.pop("input_size"), cfg.pop("num_classes"),
+                                       **{k: (tuple(v) if k == "mlp_hidden" else v)
+                                          for k, v in cfg.items()}, dtype=model.dtype)
+    copy_numpy_params(ref, model)
+    return ref

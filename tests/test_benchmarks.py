@@ -1,0 +1,130 @@
+"""benchmarks/bench_step.py: the script runs and prints its tables (no timing assertions), its
+FLOP counts and PyTorch twins are right, and float32 models stay float32."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_step.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)          # not __main__: parses no arguments, runs nothing
+    return module
+
+
+bench = _load_bench()
+
+
+def _run(*args):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _has_torch():
+    return importlib.util.find_spec("torch") is not None
+
+
+def test_quick_run_prints_the_table_and_the_scaling_figures():
+    out = _run("--quick-run", "--scaling")
+    assert "matmul peak float32" in out
+    assert bench.HEADER in out
+    for name in ("LSTM", "RMC", "RelationalRNN"):
+        assert any(line.startswith(name) and " numpy " in line for line in out.splitlines())
+    assert "RMC scaling" in out
+    assert "WARNING" not in out                        # float32 runs hold float32 arrays only
+    if _has_torch():
+        assert "NumPy / PyTorch step time" in out
+        assert any(" torch " in line for line in out.splitlines())
+    else:
+        assert "PyTorch comparison skipped" in out
+
+
+def test_without_torch_the_comparison_is_reported_skipped(tmp_path):
+    path = tmp_path / "figures.json"
+    out = _run("--quick-run", "--no-torch", "--models", "rmc", "--dtypes", "float64",
+               "--json", str(path))
+    assert "PyTorch comparison skipped" in out
+    assert " torch " not in out and "NumPy / PyTorch" not in out
+    import json
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["model"], r["dtype"], r["impl"]) for r in rows] == [("rmc", "float64", "numpy")]
+    assert rows[0]["step_ms"] > 0 and rows[0]["flops"]["step"] == 3 * rows[0]["flops"]["forward"]
+
+
+def test_bad_arguments_are_refused():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--threads", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--threads" in proc.stderr
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+def test_float32_models_keep_every_cached_array_and_gradient_float32(model):
+    x, y = bench.make_data(bench.TINY, np.float32)
+    runner = bench.NumpyRunner(bench.build_numpy(model, bench.TINY, np.float32), x, y)
+    mem = runner.memory()
+    assert mem["dtypes"] == ["float32"]
+    assert mem["cache_bytes"] > 0 and mem["peak_bytes"] >= mem["cache_bytes"]
+    assert all(p.dtype == np.float32 for p in runner.model.parameters().values())
+
+
+def test_cache_nbytes_counts_each_buffer_once_and_skips_excluded_ones():
+    a = np.zeros((4, 8))
+    w = np.zeros(10)
+    cache = {"a": a, "view": a[:, :2], "again": [a.T, (a.reshape(-1),)], "w": w}
+    assert bench.cache_nbytes(cache) == a.nbytes + w.nbytes
+    assert bench.cache_nbytes(cache, frozenset({id(w)})) == a.nbytes
+
+
+# ---- with PyTorch: the twins of the benchmark and the FLOP counts ---------------------------
+
+CFG = dict(bench.TINY, mem_slots=3, num_heads=2, head_size=5)
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+def test_flop_count_matches_torch_flop_counter(model):
+    torch = pytest.importorskip("torch")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import torch_reference as tr
+    x, _ = bench.make_data(CFG, np.float64)
+    twin = bench.build_torch(model, bench.build_numpy(model, CFG, np.float64), tr)
+    counter = FlopCounterMode(display=False)
+    # The math attention kernel is made of matmuls the counter sees.
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        twin(torch.from_numpy(x))
+    assert bench.count_flops(model, CFG)["forward"] == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("model", ["lstm", "rrnn"])
+def test_torch_twin_matches_logits_and_every_gradient(model):
+    torch = pytest.importorskip("torch")
+    import torch_reference as tr
+    np_model = bench.build_numpy(model, CFG, np.float64, seed=3)
+    rng = np.random.default_rng(4)
+    for _, p, _ in np_model.named_parameters():     # move every weight off its initial value
+        p += rng.standard_normal(p.shape) * 0.2
+    x, y = bench.make_data(CFG, np.float64)
+    twin = bench.build_torch(model, np_model, tr)
+
+    logits, cache = np_model.forward(x)
+    _, dlogits, _ = __import__("layers").softmax_cross_entropy(logits, y)
+    np_model.backward(dlogits, cache)
+    t_logits = twin(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(t_logits, torch.from_numpy(y)).backward()
+
+    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=1e-10, atol=1e-12)
+    t_grads = tr.torch_grads_as_numpy(twin)
+    grads = np_model.gradients()
+    assert set(t_grads) == set(grads)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, t_grads[name], rtol=1e-8, atol=1e-11, err_msg=name)
