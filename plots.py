@@ -205,9 +205,9 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
             (ax_acc_s, "Held-out accuracy vs steps", "training step", "held-out accuracy"),
             (ax_acc_t, "Held-out accuracy vs wall time", time_label, "held-out accuracy"),
             (ax_loss_s, "Loss vs steps (solid: held-out; dotted: training, mean since the "
-                        "previous evaluation)", "training step", "cross-entropy loss"),
+                        "previous evaluation)", "training step", "cross-entropy loss (log scale)"),
             (ax_loss_t, "Loss vs wall time (solid: held-out; dotted: training)", time_label,
-             "cross-entropy loss")):
+             "cross-entropy loss (log scale)")):
         ax.set_title(ttl, fontsize=10)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
@@ -215,6 +215,14 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
         ax.legend(fontsize=7, loc="best")
     for ax in (ax_acc_s, ax_acc_t):
         ax.set_ylim(-0.02, 1.02)
+    # Log scale: during curriculum phases with fewer objects the held-out loss on the full
+    # task can grow far above ln K, while the interesting part lies below it.
+    from matplotlib.ticker import FormatStrFormatter
+    for ax in (ax_loss_s, ax_loss_t):
+        ax.set_yscale("log")          # values <= 0 (a perfect float32 loss) are masked
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     if title:
         fig.suptitle(title)
     path = os.fspath(path)

@@ -495,7 +495,7 @@ class Progress:
     ``every`` seconds."""
 
     def __init__(self, stream, label: str, total: int, *, enabled: bool = True,
-                 every: float = 10.0):
+                 every: float = 5.0):
         self.stream, self.label, self.total = stream, label, total
         self.enabled = enabled
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
@@ -592,6 +592,8 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
     steps, B = cfg["steps"], cfg["batch_size"]
     eval_every, ckpt_every = cfg["eval_every"], cfg["checkpoint_every"]
     budget = cfg.get("time_budget")
+    # Held-out forward passes no larger than the training batch (memory), but not tiny (speed).
+    eval_batch = min(EVAL_BATCH, max(B, 256))
     model_dir = os.path.join(run_dir, kind)
     os.makedirs(model_dir, exist_ok=True)
     metrics_path = os.path.join(model_dir, METRICS_NAME)
@@ -640,7 +642,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
 
         def run_eval(at_step: int, phase: int) -> dict:
             nonlocal last_eval
-            result = evaluate(model, eval_set, K)
+            result = evaluate(model, eval_set, K, batch_size=eval_batch)
             k, f, _ = phases[phase]
             entry = {"event": "eval", "step": at_step, "wall_time": wall(), "phase": phase,
                      "active_objects": k, "active_features": f, "lr": last_lr,
@@ -713,7 +715,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                 kept = (f"the last good checkpoint ({ckpt_path}) is kept"
                         if os.path.exists(ckpt_path) else "no checkpoint had been written yet")
                 message = (f"{kind}: training stopped at step {bad_step}: {failure}; {kept}. "
-                           "Try a smaller --lr or a --clip-norm.")
+                           "A new run with a smaller --lr or a --clip-norm may avoid it.")
                 record({"event": "stop", "reason": "nan", "step": bad_step,
                         "wall_time": wall(), "message": message})
                 bar.clear()
