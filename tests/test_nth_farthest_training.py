@@ -370,16 +370,21 @@ def test_each_phase_trains_on_its_active_sizes_and_evaluation_uses_the_full_task
 
 
 def test_lstm_learns_the_easy_task_well_above_chance(tmp_path):
-    """3 objects x 1 feature: after a few hundred steps the held-out accuracy is far above 1/3."""
+    """3 objects x 1 feature, a few hundred steps: held-out accuracy far above chance (1/3).
+
+    So few steps reach the first plateau of this task: the rank n = 0 (the answer is m itself,
+    found by matching the id and m one-hots) is solved, the other ranks are not yet (they need
+    the distances), which gives 1/3 + 2/3 * 1/2 = 2/3 overall."""
     out = tmp_path / "learn"
     assert run_cli(["--model", "lstm", "--num-objects", 3, "--num-features", 1,
-                    "--curriculum", "none", "--steps", 400, "--batch-size", 32,
+                    "--curriculum", "none", "--steps", 200, "--batch-size", 32,
                     "--lr", "3e-3", "--lr-decay-rate", 1, "--min-lr", 0, "--hidden-size", 32,
-                    "--mlp-hidden", "32", "--eval-size", 600, "--eval-every", 400,
+                    "--mlp-hidden", "32", "--eval-size", 600, "--eval-every", 200,
                     "--out", out, "--no-progress", "--no-plots"]) == 0
     with open(out / "results.json", encoding="utf-8") as fh:
-        acc = json.load(fh)["models"]["lstm"]["final"]["heldout_acc"]
-    assert acc > 0.6, acc
+        final = json.load(fh)["models"]["lstm"]["final"]
+    assert final["heldout_acc"] > 0.6, final
+    assert final["acc_per_n"][0] > 0.95, final
 
 
 # --------------------------------------------------------------------------------------------
