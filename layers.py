@@ -113,31 +113,54 @@ def linear_backward(dout: np.ndarray, cache, need_dx: bool = True):
 
 
 def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                      eps: float = LAYERNORM_EPS):
+                      eps: float = LAYERNORM_EPS, *, overwrite_x: bool = False):
     """Normalise each row of x (..., D) over its last axis (biased variance), then scale/shift.
 
-    Returns ``out`` (..., D) and ``cache = (xhat, rstd, gamma)``.
+    Returns ``out`` (..., D) and ``cache = (xhat, rstd, gamma)``.  With ``overwrite_x`` (for a
+    temporary the caller no longer needs, e.g. a residual sum) ``xhat`` is formed in x's buffer.
     """
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + eps)
-    xhat = xc * rstd
-    return xhat * gamma + beta, (xhat, rstd, gamma)
+    D = x.shape[-1]
+    # At most two fresh arrays (xhat, out); every other pass works in place or reduces.
+    mean = np.add.reduce(x, axis=-1, keepdims=True)
+    mean *= 1.0 / D
+    if overwrite_x:
+        xhat = np.subtract(x, mean, out=x)                        # xc = x - mean
+    else:
+        xhat = x - mean
+    var = np.einsum("...d,...d->...", xhat, xhat)[..., None]     # sum(xc^2), no temporary
+    var *= 1.0 / D
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.reciprocal(rstd, out=rstd)                                 # rstd = 1 / sqrt(var + eps)
+    xhat *= rstd                                                  # xhat = xc * rstd
+    out = xhat * gamma
+    out += beta
+    return out, (xhat, rstd, gamma)
 
 
-def layernorm_backward(dout: np.ndarray, cache):
-    """Backward of ``layernorm_forward``.  Returns ``dx``, ``dgamma``, ``dbeta``."""
+def layernorm_backward(dout: np.ndarray, cache, *, overwrite_dout: bool = False):
+    """Backward of ``layernorm_forward``.  Returns ``dx``, ``dgamma``, ``dbeta``.
+
+    With ``overwrite_dout`` (for a temporary the caller no longer needs) ``dx`` is formed in
+    dout's buffer.
+    """
     xhat, rstd, gamma = cache
     D = xhat.shape[-1]
     dout2 = dout.reshape(-1, D)
     # forward: out = xhat * gamma + beta
-    dgamma = np.einsum("nd,nd->d", dout2, xhat.reshape(-1, D), optimize=True)
-    dbeta = dout2.sum(axis=0)
-    dxhat = dout * gamma
+    dgamma = np.einsum("nd,nd->d", dout2, xhat.reshape(-1, D))
+    dbeta = np.add.reduce(dout2, axis=0)
+    dxhat = np.multiply(dout, gamma, out=dout) if overwrite_dout else dout * gamma
     # forward: xhat = (x - mean) * rstd  ->  compact form rstd * (dn - mean(dn) - n mean(dn n))
-    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                 - xhat * np.mean(dxhat * xhat, axis=-1, keepdims=True))
+    mean_dn = np.add.reduce(dxhat, axis=-1, keepdims=True)
+    mean_dn *= 1.0 / D
+    mean_dnn = np.einsum("...d,...d->...", dxhat, xhat)[..., None]
+    mean_dnn *= 1.0 / D
+    tmp = xhat * mean_dnn
+    tmp += mean_dn
+    dx = dxhat if overwrite_dout else tmp
+    np.subtract(dxhat, tmp, out=dx)
+    dx *= rstd
     return dx, dgamma, dbeta
 
 
@@ -151,32 +174,67 @@ def relu_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
     return dout * (out > 0)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function (never evaluates exp of a large positive number)."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(x.dtype, copy=False)
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Numerically stable logistic function 1 / (1 + exp(-x)), accurate over the whole range.
+
+    For very negative x, exp(-x) overflows to +inf (the warning is silenced) and the result is
+    the exact limit 0; +-inf give 1 and 0; no NaN arises from a finite or infinite input.
+    Works in one fresh array, or in ``out`` (which may be x itself).
+    """
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    e = np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(e, out=e)
+    e += 1
+    return np.reciprocal(e, out=e)
+
+
+def _times(t: np.ndarray, dout: np.ndarray) -> np.ndarray:
+    """t * dout, in place in the temporary ``t`` when the shapes allow."""
+    if getattr(dout, "shape", None) == t.shape and dout.dtype == t.dtype:
+        return np.multiply(t, dout, out=t)
+    return t * dout
 
 
 def sigmoid_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Backward of ``sigmoid`` from its output y: dy/dx = y (1 - y)."""
-    return dout * y * (1 - y)
+    t = np.subtract(1, y)
+    t *= y
+    return _times(t, dout)
 
 
 def tanh_backward(dout: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Backward of ``np.tanh`` from its output y: dy/dx = 1 - y^2."""
-    return dout * (1 - y * y)
+    t = np.multiply(y, y)
+    np.subtract(1, t, out=t)
+    return _times(t, dout)
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``; subtracts the max first so exp never overflows."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
+def softmax(x: np.ndarray, axis: int = -1, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax along ``axis``; subtracts the max first so exp never overflows.
+
+    Works in one fresh array, or in ``out`` (which may be x itself).
+    """
+    e = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    np.exp(e, out=e)
+    e /= np.add.reduce(e, axis=axis, keepdims=True)
     return e
 
 
-def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Backward of ``softmax`` from its output y: y * (dy - sum(dy * y))."""
-    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+def softmax_backward(dy: np.ndarray, y: np.ndarray, axis: int = -1, *,
+                     overwrite_dy: bool = False) -> np.ndarray:
+    """Backward of ``softmax`` from its output y: y * (dy - sum(dy * y)).
+
+    With ``overwrite_dy`` (for a temporary the caller no longer needs) the result is formed in
+    dy's buffer.
+    """
+    t = dy * y
+    s = np.add.reduce(t, axis=axis, keepdims=True)
+    np.subtract(dy, s, out=dy if overwrite_dy else t)
+    dx = dy if overwrite_dy else t
+    dx *= y
+    return dx
 
 
 def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
@@ -325,12 +383,16 @@ class LayerNorm(Module):
         self.add_param("g", np.ones(features))
         self.add_param("b", np.zeros(features))
 
-    def forward(self, x: np.ndarray):
-        """x (..., D) -> out (..., D), cache."""
-        return layernorm_forward(x, self.params["g"], self.params["b"], self.eps)
+    def forward(self, x: np.ndarray, *, overwrite_x: bool = False):
+        """x (..., D) -> out (..., D), cache.  ``overwrite_x``: x is a temporary that may be
+        overwritten (see :func:`layernorm_forward`)."""
+        return layernorm_forward(x, self.params["g"], self.params["b"], self.eps,
+                                 overwrite_x=overwrite_x)
 
-    def backward(self, dout: np.ndarray, cache):
-        dx, dg, db = layernorm_backward(dout, cache)
+    def backward(self, dout: np.ndarray, cache, *, overwrite_dout: bool = False):
+        """dout (..., D) -> dx (..., D); accumulates dg, db.  ``overwrite_dout``: dout is a
+        temporary that may be overwritten."""
+        dx, dg, db = layernorm_backward(dout, cache, overwrite_dout=overwrite_dout)
         self.grads["g"] += dg
         self.grads["b"] += db
         return dx
@@ -364,14 +426,20 @@ class MLP(Module):
             x, lin_cache = layer.forward(x)
             act = i < last or self.activate_final
             if act:
-                x = relu_forward(x)
+                np.maximum(x, 0, out=x)        # relu_forward, in place on our fresh output
             caches.append((lin_cache, x if act else None))
         return x, caches
 
     def backward(self, dout: np.ndarray, caches, need_dx: bool = True):
+        own = False                            # is dout a temporary of ours (safe to overwrite)?
         for i in range(len(self.layers) - 1, -1, -1):
             lin_cache, relu_out = caches[i]
             if relu_out is not None:
-                dout = relu_backward(dout, relu_out)
+                # out = relu(z)
+                if own:
+                    np.multiply(dout, relu_out > 0, out=dout)
+                else:
+                    dout = relu_backward(dout, relu_out)
             dout = self.layers[i].backward(dout, lin_cache, need_dx=(need_dx or i > 0))
+            own = True
         return dout
