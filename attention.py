@@ -63,41 +63,50 @@ class MultiHeadAttention(layers.Module):
     def forward_unchecked(self, x: np.ndarray):
         """:meth:`forward` without argument checks (for callers that checked already)."""
         B, R, _ = x.shape
-        H, ks = self.num_heads, self.key_size
+        H, ks, hs = self.num_heads, self.key_size, self.head_size
         p = self.params
         qkv_lin, lin_cache = layers.linear_forward(x, p["W_qkv"], p["b_qkv"])
-        qkv, ln_cache = layers.layernorm_forward(qkv_lin, p["ln_g"], p["ln_b"])
+        # qkv_lin is our temporary: the LayerNorm forms xhat in its buffer.
+        qkv, ln_cache = layers.layernorm_forward(qkv_lin, p["ln_g"], p["ln_b"], overwrite_x=True)
         # (B, R, H, qkv_size) -> (B, H, R, qkv_size): one batched product serves every head.
         qkv = qkv.reshape(B, R, H, self.qkv_size).transpose(0, 2, 1, 3)
-        q = qkv[..., :ks] * self.scale
+        q = qkv[..., :ks]
         k = qkv[..., ks:2 * ks]
         v = qkv[..., 2 * ks:]
-        weights = layers.softmax(q @ k.swapaxes(-1, -2))       # (B, H, R, R)
-        heads = weights @ v                                    # (B, H, R, head_size)
-        out = heads.transpose(0, 2, 1, 3).reshape(B, R, self.output_size)
+        # weights = softmax(q k^T * key_size**-0.5): the scale goes on the (R, R) logits, which
+        # are smaller than q; the softmax works in the logits' buffer.
+        logits = q @ k.swapaxes(-1, -2)                        # (B, H, R, R)
+        logits *= self.scale
+        weights = layers.softmax(logits, out=logits)
+        # heads = weights @ v, written straight into the (B, R, H, head_size) layout of out
+        out = np.empty((B, R, H, hs), dtype=weights.dtype)
+        np.matmul(weights, v, out=out.transpose(0, 2, 1, 3))
+        out = out.reshape(B, R, self.output_size)
         cache = {"lin": lin_cache, "ln": ln_cache, "q": q, "k": k, "v": v, "weights": weights}
         return out, cache
 
     def backward(self, dout: np.ndarray, cache, need_dx: bool = True):
         """dout (B, R, H*head_size) -> dx (B, R, D); accumulates every parameter gradient."""
         B, R, _ = dout.shape
-        H = self.num_heads
+        H, ks = self.num_heads, self.key_size
         q, k, v, weights = cache["q"], cache["k"], cache["v"], cache["weights"]
         # out = heads.transpose(0, 2, 1, 3).reshape(B, R, H*head_size)
         dheads = dout.reshape(B, R, H, self.head_size).transpose(0, 2, 1, 3)
+        # dqkv in the (B, R, H, qkv_size) layout of qkv, filled through its (B, H, R, .) view
+        dqkv = np.empty((B, R, H, self.qkv_size), dtype=dout.dtype)
+        dqkv_t = dqkv.transpose(0, 2, 1, 3)
         # heads = weights @ v
-        dweights = dheads @ v.swapaxes(-1, -2)
-        dqkv = np.empty((B, H, R, self.qkv_size), dtype=dout.dtype)
-        ks = self.key_size
-        np.matmul(weights.swapaxes(-1, -2), dheads, out=dqkv[..., 2 * ks:])          # dv
-        # weights = softmax(q @ k^T), with q already scaled by key_size**-0.5
-        dlogits = layers.softmax_backward(dweights, weights)
-        np.matmul(dlogits, k, out=dqkv[..., :ks])                                    # dq (scaled)
-        dqkv[..., :ks] *= self.scale                                                 # q = qkv_q * scale
-        np.matmul(dlogits.swapaxes(-1, -2), q, out=dqkv[..., ks:2 * ks])             # dk
-        dqkv = dqkv.transpose(0, 2, 1, 3).reshape(B, R, H * self.qkv_size)
-        # qkv = LayerNorm(qkv_lin)
-        dqkv_lin, dg, db = layers.layernorm_backward(dqkv, cache["ln"])
+        dweights = dheads @ v.swapaxes(-1, -2)                                       # (B, H, R, R)
+        np.matmul(weights.swapaxes(-1, -2), dheads, out=dqkv_t[..., 2 * ks:])        # dv
+        # weights = softmax(logits), formed in dweights' buffer
+        dlogits = layers.softmax_backward(dweights, weights, overwrite_dy=True)
+        # logits = q @ k^T * scale
+        dlogits *= self.scale
+        np.matmul(dlogits, k, out=dqkv_t[..., :ks])                                  # dq
+        np.matmul(dlogits.swapaxes(-1, -2), q, out=dqkv_t[..., ks:2 * ks])           # dk
+        dqkv = dqkv.reshape(B, R, H * self.qkv_size)
+        # qkv = LayerNorm(qkv_lin); dqkv is ours to overwrite
+        dqkv_lin, dg, db = layers.layernorm_backward(dqkv, cache["ln"], overwrite_dout=True)
         self.grads["ln_g"] += dg
         self.grads["ln_b"] += db
         # qkv_lin = x @ W_qkv + b_qkv
