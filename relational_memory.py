@@ -156,10 +156,14 @@ class RelationalMemory(layers.Module):
         L = np.concatenate([memory, xp[:, None, :]], axis=1)       # (B, N+1, d)
         block_caches = []
         for attn, norm_attn, norm_mlp in self.blocks:
+            # L = LayerNorm_1(L + Attention(L)); the sum is a temporary the norm may overwrite
             a, attn_cache = attn.forward_unchecked(L)
-            L, na_cache = norm_attn.forward(L + a)
+            a += L
+            L, na_cache = norm_attn.forward(a, overwrite_x=True)
+            # L = LayerNorm_2(L + MLP(L))
             m, mlp_cache = self.mlp.forward(L)
-            L, nm_cache = norm_mlp.forward(L + m)
+            m += L
+            L, nm_cache = norm_mlp.forward(m, overwrite_x=True)
             block_caches.append((attn_cache, na_cache, mlp_cache, nm_cache))
         m_tilde = L[:, :N]
         cache = {"blocks": block_caches, "memory": memory, "gates": None,
@@ -168,14 +172,32 @@ class RelationalMemory(layers.Module):
             return m_tilde, cache
         G = self.gate_size
         tanh_mem = np.tanh(memory)
+        # gates = tanh(memory) W_gm + gx + [input_bias | forget_bias], then one sigmoid for
+        # both halves, in the gates' own buffer: [i | f] = sigmoid(gates)
         gates, gm_cache = layers.linear_forward(tanh_mem, self.params["W_gm"], None)
-        gates += gx[:, None, :]                                     # (B, N, 2G)
-        i = layers.sigmoid(gates[..., :G] + self.input_bias)
-        f = layers.sigmoid(gates[..., G:] + self.forget_bias)
+        gx_bias = gx + self._gate_bias                                # (B, 2G), small
+        gates += gx_bias[:, None, :]                                  # (B, N, 2G)
+        s = layers.sigmoid(gates, out=gates)
+        i, f = s[..., :G], s[..., G:]
         tanh_mt = np.tanh(m_tilde)
-        new_memory = i * tanh_mt + f * memory
-        cache.update(gates=(i, f), tanh_mem=tanh_mem, gm_cache=gm_cache, tanh_mt=tanh_mt)
+        # new_memory = i * tanh(m_tilde) + f * memory
+        new_memory = i * tanh_mt
+        new_memory += f * memory
+        cache.update(gates=(i, f), tanh_mem=tanh_mem, gm_cache=gm_cache, tanh_mt=tanh_mt,
+                     sig=s)
         return new_memory, cache
+
+    @property
+    def _gate_bias(self) -> np.ndarray:
+        """[input_bias] * G + [forget_bias] * G, the constants inside the gate sigmoids."""
+        key = (self.gate_size, self.input_bias, self.forget_bias, self.dtype)
+        cached = getattr(self, "_gate_bias_cache", None)
+        if cached is None or cached[0] != key:
+            G = self.gate_size
+            bias = np.concatenate([np.full(G, self.input_bias, self.dtype),
+                                   np.full(G, self.forget_bias, self.dtype)])
+            self._gate_bias_cache = cached = (key, bias)
+        return cached[1]
 
     def step_backward(self, dmemory: np.ndarray, cache):
         """Backward of :meth:`step`: dmemory (B, N, d) -> dxp (B, d), dgx (B, 2G) or None,
@@ -183,40 +205,57 @@ class RelationalMemory(layers.Module):
         N = self.mem_slots
         memory = cache["memory"]
         B, _, d = memory.shape
-        dL = np.zeros((B, N + 1, d), dtype=dmemory.dtype)
+        dL = np.empty((B, N + 1, d), dtype=dmemory.dtype)
+        dL[:, N] = 0                                   # the input row does not reach M directly
         if self.gate_style is None:
             # new_memory = m_tilde
             dL[:, :N] = dmemory
             dmemory_prev = np.zeros_like(memory)
             dgx = None
         else:
+            G = self.gate_size
             i, f = cache["gates"]
-            tanh_mt = cache["tanh_mt"]
+            s, tanh_mt = cache["sig"], cache["tanh_mt"]
             # new_memory = i * tanh(m_tilde) + f * memory; a 'memory' gate (G = 1) broadcasts
-            # over d, so its gradient sums over d.
-            di = dmemory * tanh_mt
-            df = dmemory * memory
+            # over d, so its gradient sums over d.  dgates holds [di | df] side by side.
+            dgates = np.empty(s.shape, dtype=dmemory.dtype)
             if self.gate_style == "memory":
-                di = di.sum(-1, keepdims=True)
-                df = df.sum(-1, keepdims=True)
+                dgates[..., 0] = np.einsum("bnd,bnd->bn", dmemory, tanh_mt)
+                dgates[..., 1] = np.einsum("bnd,bnd->bn", dmemory, memory)
+            else:
+                np.multiply(dmemory, tanh_mt, out=dgates[..., :G])
+                np.multiply(dmemory, memory, out=dgates[..., G:])
             dmemory_prev = dmemory * f
-            dL[:, :N] = layers.tanh_backward(dmemory * i, tanh_mt)
-            # i = sigmoid(gates[:G] + input_bias); f = sigmoid(gates[G:] + forget_bias)
-            dgates = np.concatenate([layers.sigmoid_backward(di, i),
-                                     layers.sigmoid_backward(df, f)], axis=-1)
-            # gates = tanh(memory) W_gm + gx[:, None]
-            dgx = dgates.sum(axis=1)
+            # m_tilde part: dL[:, :N] = dmemory * i * (1 - tanh_mt^2)
+            dmt = dL[:, :N]
+            np.multiply(tanh_mt, tanh_mt, out=dmt)
+            np.subtract(1, dmt, out=dmt)
+            dmt *= i
+            dmt *= dmemory
+            # [i | f] = sigmoid(gates): one backward for both halves, in dgates' buffer
+            sig_grad = np.subtract(1, s)
+            sig_grad *= s
+            dgates *= sig_grad
+            # gates = tanh(memory) W_gm + gx[:, None] + bias
+            dgx = np.add.reduce(dgates, axis=1)
             dtanh_mem, dW_gm, _ = layers.linear_backward(dgates, cache["gm_cache"])
             self.grads["W_gm"] += dW_gm
-            dmemory_prev += layers.tanh_backward(dtanh_mem, cache["tanh_mem"])
+            # tanh_mem = tanh(memory); dtanh_mem is ours, so the product is formed in it
+            tanh_mem = cache["tanh_mem"]
+            t = np.multiply(tanh_mem, tanh_mem)
+            np.subtract(1, t, out=t)
+            dtanh_mem *= t
+            dmemory_prev += dtanh_mem
         for (attn, norm_attn, norm_mlp), (attn_cache, na_cache, mlp_cache, nm_cache) in zip(
                 reversed(self.blocks), reversed(cache["blocks"])):
-            # L = LayerNorm_2(L + MLP(L))
-            dsum = norm_mlp.backward(dL, nm_cache)
-            dL = dsum + self.mlp.backward(dsum, mlp_cache)
+            # L = LayerNorm_2(L + MLP(L)); dL is a temporary of ours
+            dsum = norm_mlp.backward(dL, nm_cache, overwrite_dout=True)
+            dL = self.mlp.backward(dsum, mlp_cache)
+            dL += dsum
             # L = LayerNorm_1(L + Attention(L))
-            dsum = norm_attn.backward(dL, na_cache)
-            dL = dsum + attn.backward(dsum, attn_cache)
+            dsum = norm_attn.backward(dL, na_cache, overwrite_dout=True)
+            dL = attn.backward(dsum, attn_cache)
+            dL += dsum
         # L = [memory ; xp]
         dmemory_prev += dL[:, :N]
         return dL[:, N], dgx, dmemory_prev
@@ -261,18 +300,31 @@ class RelationalMemory(layers.Module):
         return memories, {"proj": proj_cache, "steps": step_caches,
                           "given_memory0": memory0 is not None}
 
-    def backward_sequence(self, dmemories: np.ndarray, cache, need_dx: bool = True):
+    def backward_sequence(self, dmemories: np.ndarray | None, cache, need_dx: bool = True,
+                          dmemory_last: np.ndarray | None = None):
         """dmemories (B, T, N, d) (gradient on every step's memory; zeros where unused) ->
-        dx (B, T, I) (None if not need_dx), dmemory0 (B, N, d); fills grads."""
+        dx (B, T, I) (None if not need_dx), dmemory0 (B, N, d); fills grads.
+
+        ``dmemory_last`` (B, N, d), optional, is added to the gradient of the last memory;
+        when only the last memory is used, pass ``dmemories=None`` and ``dmemory_last``
+        (no (B, T, N, d) array of zeros is then needed).
+        """
         steps = cache["steps"]
-        B, T = dmemories.shape[:2]
+        T = len(steps)
+        if dmemories is None and dmemory_last is None:
+            raise ValueError("backward_sequence needs dmemories or dmemory_last, got neither")
+        ref = dmemory_last if dmemories is None else dmemories[:, 0]
+        B, dt = ref.shape[0], ref.dtype
         d = self.mem_size
-        dxp = np.empty((B, T, d), dtype=dmemories.dtype)
+        dxp = np.empty((B, T, d), dtype=dt)
         dgx = None if self.gate_style is None else np.empty((B, T, 2 * self.gate_size),
-                                                             dtype=dmemories.dtype)
-        dmemory = np.zeros_like(dmemories[:, 0])
+                                                             dtype=dt)
+        dmemory = np.zeros((B, self.mem_slots, d), dtype=dt)
         for t in range(T - 1, -1, -1):
-            dmemory = dmemory + dmemories[:, t]
+            if dmemories is not None:
+                dmemory += dmemories[:, t]
+            if dmemory_last is not None and t == T - 1:
+                dmemory += dmemory_last
             dxp[:, t], dgx_t, dmemory = self.step_backward(dmemory, steps[t])
             if dgx is not None:
                 dgx[:, t] = dgx_t
@@ -343,8 +395,8 @@ class RMCClassifier(layers.Module):
     def backward(self, dlogits: np.ndarray, cache):
         """dlogits (B, num_classes) -> dx (B, T, input_size); fills grads."""
         dflat = self.readout.backward(dlogits, cache["readout"])
-        dmemories = np.zeros(cache["shape"], dtype=dlogits.dtype)
         # only the last memory feeds the read-out
-        dmemories[:, -1] = dflat.reshape(dmemories[:, -1].shape)
-        dx, _ = self.core.backward_sequence(dmemories, cache["core"])
+        B, _, N, d = cache["shape"]
+        dx, _ = self.core.backward_sequence(None, cache["core"],
+                                            dmemory_last=dflat.reshape(B, N, d))
         return dx
