@@ -12,7 +12,8 @@ same order PyTorch uses, so ``W_x[:, H:2H]`` holds the forget gate's input weigh
 
 Speed: the sequence model projects the inputs of all T steps with one GEMM before the time loop
 (``x W_x + b``), keeps only ``h_{t-1} W_h`` inside it, and after the backward loop forms ``dW_x``,
-``db`` and ``dW_h`` with one GEMM each over all B*T rows.  The same split is offered by
+``db`` and ``dW_h`` with one GEMM each over all B*T rows.  It stores its per-step buffers
+time-major (contiguous per step) and skips the products with a zero initial state.  The same split is offered by
 :class:`LSTMCell` (``project_input`` / ``step`` / ``step_backward`` / ``project_input_backward``)
 for models that must interleave other work with the recurrence.
 
@@ -43,39 +44,61 @@ def orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _gates_forward(z: np.ndarray, c_prev: np.ndarray):
+def _gates_forward(z: np.ndarray, c_prev: np.ndarray, h_out: np.ndarray | None = None,
+                   c_out: np.ndarray | None = None, tc_out: np.ndarray | None = None):
     """One step from pre-activations.  ``z`` (B, 4H) is overwritten with the activations.
 
-    Returns ``h`` (B, H), ``c`` (B, H), ``tanh(c)`` (B, H).
+    Returns ``h`` (B, H), ``c`` (B, H), ``tanh(c)`` (B, H), written into ``h_out``, ``c_out``,
+    ``tc_out`` when given (e.g. views of the sequence buffers) instead of fresh arrays.
     """
     H = c_prev.shape[-1]
-    z[:, :2 * H] = sigmoid(z[:, :2 * H])                  # i, f
+    sigmoid(z[:, :2 * H], out=z[:, :2 * H])               # i, f
     np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])     # g
-    z[:, 3 * H:] = sigmoid(z[:, 3 * H:])                  # o
+    sigmoid(z[:, 3 * H:], out=z[:, 3 * H:])               # o
     i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-    c = f * c_prev
+    c = np.multiply(f, c_prev, out=c_out)                 # c = f * c_prev + i * g
     c += i * g
-    tc = np.tanh(c)
-    return o * tc, c, tc
+    tc = np.tanh(c, out=tc_out)
+    h = np.multiply(o, tc, out=h_out)                     # h = o * tanh(c)
+    return h, c, tc
 
 
-def _gates_backward(dh: np.ndarray, dc: np.ndarray, act: np.ndarray, c_prev: np.ndarray,
-                    tc: np.ndarray, dz: np.ndarray) -> np.ndarray:
+def _gates_backward(dh: np.ndarray, dc: np.ndarray | None, act: np.ndarray,
+                    c_prev: np.ndarray, tc: np.ndarray, dz: np.ndarray) -> np.ndarray:
     """Backward of :func:`_gates_forward`.
 
-    dh, dc: (B, H) gradients reaching h_t and c_t; act (B, 4H) the activations [i, f, g, o];
-    c_prev, tc = tanh(c_t): (B, H).  Writes dL/dz into ``dz`` (B, 4H) and returns dc_prev.
+    dh, dc: (B, H) gradients reaching h_t and c_t (dc None: zero; neither is modified);
+    act (B, 4H) the activations [i, f, g, o]; c_prev, tc = tanh(c_t): (B, H).  Writes dL/dz
+    into ``dz`` (B, 4H) and returns dc_prev.
     """
     H = c_prev.shape[-1]
     i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
     # forward: h = o * tanh(c)
-    dz[:, 3 * H:] = sigmoid_backward(dh * tc, o)          # o = sigmoid(z_o)
-    dc = dc + tanh_backward(dh * o, tc)
+    dz_o = np.multiply(dh, tc, out=dz[:, 3 * H:])         # dL/do, made dL/dz_o below
+    dc_t = np.multiply(tc, tc)                             # dc_t = dc + dh o (1 - tc^2)
+    np.subtract(1, dc_t, out=dc_t)
+    dc_t *= o
+    dc_t *= dh
+    if dc is not None:
+        dc_t += dc
     # forward: c = f * c_prev + i * g
-    dz[:, :H] = sigmoid_backward(dc * g, i)               # i = sigmoid(z_i)
-    dz[:, H:2 * H] = sigmoid_backward(dc * c_prev, f)     # f = sigmoid(z_f)
-    dz[:, 2 * H:3 * H] = tanh_backward(dc * i, g)         # g = tanh(z_g)
-    return dc * f
+    np.multiply(dc_t, g, out=dz[:, :H])                   # dL/di
+    np.multiply(dc_t, c_prev, out=dz[:, H:2 * H])         # dL/df
+    dz_g = np.multiply(dc_t, i, out=dz[:, 2 * H:3 * H])   # dL/dg
+    # [i, f] = sigmoid(z_if), o = sigmoid(z_o): times a (1 - a); g = tanh(z_g): times 1 - g^2
+    act_if = act[:, :2 * H]
+    t = np.subtract(1, act_if)
+    t *= act_if
+    dz[:, :2 * H] *= t
+    t = np.subtract(1, o)
+    t *= o
+    dz_o *= t
+    t = np.multiply(g, g)
+    np.subtract(1, t, out=t)
+    dz_g *= t
+    # forward: c = f * c_prev + ...
+    dc_t *= f
+    return dc_t
 
 
 def _check_state(name: str, value, hidden: int, dtype) -> np.ndarray | None:
@@ -145,7 +168,6 @@ class LSTMCell(Module):
         """
         act, h_prev, c_prev, tc = cache
         dh = np.zeros_like(tc) if dh is None else dh
-        dc = np.zeros_like(tc) if dc is None else dc
         dz = np.empty_like(act)
         dc_prev = _gates_backward(dh, dc, act, c_prev, tc, dz)
         # forward: z = xw + h_prev W_h
@@ -233,30 +255,34 @@ class LSTM(Module):
         h = np.zeros((B, H), dt) if h0 is None else h0
         c = np.zeros((B, H), dt) if c0 is None else c0
 
+        # Time-major buffers: every per-step slice [t] is one contiguous (B, .) block, for the
+        # recurrent GEMMs and for the dW_h GEMM over the steps t >= 1.  The cache exposes
+        # them as batch-first views.
         # forward: xw_t = x_t W_x + b for all T steps in one GEMM; xw then holds the activations.
-        xw, lin_cache = self.cell.project_input(x)            # (B, T, 4H)
+        xw, lin_cache = self.cell.project_input(x.transpose(1, 0, 2))    # (T, B, 4H)
         W_h = self.cell.params["W_h"]
-        hs = np.empty((B, T, H), dt)                           # h_1 .. h_T
-        cs = np.empty((B, T + 1, H), dt)                       # c_0 .. c_T
-        tcs = np.empty((B, T, H), dt)                          # tanh(c_1) .. tanh(c_T)
-        cs[:, 0] = c
+        hs = np.empty((T, B, H), dt)                           # h_1 .. h_T
+        cs = np.empty((T + 1, B, H), dt)                       # c_0 .. c_T
+        tcs = np.empty((T, B, H), dt)                          # tanh(c_1) .. tanh(c_T)
+        cs[0] = c
         h_init = h.copy()                                      # h_0, kept for dW_h
         for t in range(T):
-            z = xw[:, t]
-            z += h @ W_h                                       # z_t = xw_t + h_{t-1} W_h
-            h, c, tc = _gates_forward(z, c)
-            hs[:, t] = h
-            cs[:, t + 1] = c
-            tcs[:, t] = tc
+            z = xw[t]
+            if t > 0 or h0 is not None:                        # h_0 = 0 contributes nothing
+                z += h @ W_h                                   # z_t = xw_t + h_{t-1} W_h
+            # the step writes h_t, c_t, tanh(c_t) straight into the sequence buffers
+            h, c, _ = _gates_forward(z, c, hs[t], cs[t + 1], tcs[t])
 
-        # Without sequences the output is h_T itself: return it as its own array, not an alias.
-        outputs = hs if return_sequences else h.copy()
+        # Outputs and states are arrays of their own, never aliases of the cache.
+        outputs = np.ascontiguousarray(hs.transpose(1, 0, 2)) if return_sequences else h.copy()
         result = [outputs]
         if return_state:
-            result += [h, c]
+            result += [h.copy(), c.copy()]
         if return_cache:
-            result.append({"lin": lin_cache, "act": xw, "hs": hs, "cs": cs, "tcs": tcs,
-                           "h0": h_init, "given_state": given_state,
+            result.append({"lin": lin_cache, "act": xw.transpose(1, 0, 2),
+                           "hs": hs.transpose(1, 0, 2), "cs": cs.transpose(1, 0, 2),
+                           "tcs": tcs.transpose(1, 0, 2), "h0": h_init,
+                           "h0_zero": h0 is None, "given_state": given_state,
                            "return_sequences": bool(return_sequences)})
         return result[0] if len(result) == 1 else tuple(result)
 
@@ -268,8 +294,9 @@ class LSTM(Module):
         gradients on the returned final states.  Accumulates the cell's gradients; returns
         ``dx`` (B, T, D), or ``(dx, dh0, dc0)`` if an initial state was given to forward.
         """
-        act, hs, cs, tcs = cache["act"], cache["hs"], cache["cs"], cache["tcs"]
-        B, T, H = hs.shape
+        # time-major buffers behind the batch-first views of the cache
+        act, hs, cs, tcs = (cache[k].transpose(1, 0, 2) for k in ("act", "hs", "cs", "tcs"))
+        T, B, H = hs.shape
         dt = self.dtype
         seq = cache["return_sequences"]
         doutputs = _check_grad("doutputs", doutputs, (B, T, H) if seq else (B, H), dt)
@@ -281,23 +308,29 @@ class LSTM(Module):
             dh += doutputs
 
         W_h = self.cell.params["W_h"]
-        dZ = np.empty_like(act)                                # (B, T, 4H)
+        dZ = np.empty_like(act)                                # (T, B, 4H)
+        # dh_0 is only returned when an initial state was given
+        need_dh0 = cache["given_state"]
         for t in range(T - 1, -1, -1):
             if seq:
-                # forward: outputs[:, t] = h_t
-                dh = dh + doutputs[:, t]
+                # forward: outputs[:, t] = h_t (dh is ours: a copy or a fresh product)
+                dh += doutputs[:, t]
             # forward: h_t, c_t = gates(z_t, c_{t-1})
-            dc = _gates_backward(dh, dc, act[:, t], cs[:, t], tcs[:, t], dZ[:, t])
+            dc = _gates_backward(dh, dc, act[t], cs[t], tcs[t], dZ[t])
             # forward: z_t = xw_t + h_{t-1} W_h
-            dh = dZ[:, t] @ W_h.T
+            if t > 0 or need_dh0:
+                dh = dZ[t] @ W_h.T
 
-        # forward: z_t = xw_t + h_{t-1} W_h, for all t at once: one GEMM over B*T rows
-        h_prev = np.empty_like(hs)
-        h_prev[:, 0] = cache["h0"]
-        h_prev[:, 1:] = hs[:, :-1]
-        self.cell.grads["W_h"] += h_prev.reshape(B * T, H).T @ dZ.reshape(B * T, 4 * H)
-        # forward: xw = x W_x + b, all steps in one GEMM
-        dx = self.cell.project_input_backward(dZ, cache["lin"])
+        # forward: z_t = xw_t + h_{t-1} W_h, for all t >= 1 at once: one GEMM over B*(T-1)
+        # rows (contiguous in the time-major buffers); h_0 only if it was given (else zero)
+        gW_h = self.cell.grads["W_h"]
+        if T > 1:
+            gW_h += hs[:-1].reshape(-1, H).T @ dZ[1:].reshape(-1, 4 * H)
+        if not cache.get("h0_zero", False):
+            gW_h += cache["h0"].T @ dZ[0]
+        # forward: xw = x W_x + b, all steps in one GEMM (time-major, like the forward)
+        dx = np.ascontiguousarray(
+            self.cell.project_input_backward(dZ, cache["lin"]).transpose(1, 0, 2))
         if cache["given_state"]:
             return dx, dh, dc
         return dx
@@ -355,7 +388,7 @@ class LSTMClassifier(Module):
     def backward(self, dlogits: np.ndarray, cache) -> np.ndarray:
         """dlogits (B, num_classes) -> dx (B, T, input_size); accumulates every gradient."""
         lstm_cache, mlp_cache = cache
-        B = lstm_cache["hs"].shape[0]
+        B = lstm_cache["hs"].shape[0]                          # batch-first view
         dlogits = _check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
         # forward: logits = readout(h_T)
         dh_T = self.readout.backward(dlogits, mlp_cache)
