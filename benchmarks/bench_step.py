@@ -59,6 +59,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="BLAS / OpenMP / torch threads (default 2, or 1 with --quick-run; 1 "
                         "is far more robust when other processes compete for the cores)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time (default); cpu: this process's CPU time, which "
+                        "ignores the time other processes hold the cores (meaningful with "
+                        "--threads 1 only: with more threads it adds up every thread's time, "
+                        "spinning included)")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="glibc only: serve every allocation from the heap and never trim it "
+                        "(mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB), so large temporaries "
+                        "reuse memory instead of page-faulting fresh memory on every step; "
+                        "applies to NumPy and PyTorch alike")
     p.add_argument("--scaling", action="store_true",
                    help="also time the RMC against T, N and B (sonnet configuration)")
     p.add_argument("--scaling-only", action="store_true",
@@ -250,9 +260,9 @@ def matmul_peak(dtype, n_sizes=(512, 1024, 2048), repeats: int = 3, use_torch: b
             a, b = torch.from_numpy(a), torch.from_numpy(b)
         c = a @ b                                          # warm-up (and thread start)
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             c = a @ b
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             best = max(best, 2 * n ** 3 / dt / 1e9)
         del c
     return best
@@ -309,15 +319,15 @@ class NumpyRunner:
 
     def step(self):
         """One training step; returns (forward, backward, optimizer) seconds."""
-        t0 = time.perf_counter()
+        t0 = clock()
         logits, cache = self.model.forward(self.x)
         _, dlogits, _ = layers.softmax_cross_entropy(logits, self.y)
-        t1 = time.perf_counter()
+        t1 = clock()
         self.model.backward(dlogits, cache)
-        t2 = time.perf_counter()
+        t2 = clock()
         self.opt.step()
         self.opt.zero_grad()
-        t3 = time.perf_counter()
+        t3 = clock()
         return t1 - t0, t2 - t1, t3 - t2
 
     def logits(self):
@@ -361,14 +371,14 @@ class TorchRunner:
 
     def step(self):
         F = self.torch.nn.functional
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = F.cross_entropy(self.model(self.x), self.y)
-        t1 = time.perf_counter()
+        t1 = clock()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = clock()
         self.opt.step()
         self.opt.zero_grad()
-        t3 = time.perf_counter()
+        t3 = clock()
         return t1 - t0, t2 - t1, t3 - t2
 
     def logits(self):
@@ -402,6 +412,26 @@ def build_torch(model_name: str, np_model, tr):
     if model_name == "rrnn":
         return tr.torch_relational_rnn_classifier_from_numpy(np_model)
     raise ValueError(f"unknown model {model_name!r}")
+
+
+def clock() -> float:
+    """Seconds of the clock chosen by --clock (wall time unless told otherwise)."""
+    if ARGS is not None and ARGS.clock == "cpu":
+        return time.process_time()
+    return time.perf_counter()
+
+
+def tune_malloc() -> bool:
+    """glibc: no mmap-served allocations and no heap trimming (see --tune-malloc)."""
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                        2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def time_runner(runner, repeats: int, warmup: int) -> dict:
@@ -642,6 +672,10 @@ def main(args) -> int:
             print(f"PyTorch comparison skipped: {exc}")
     else:
         print("PyTorch comparison skipped (--no-torch)")
+    malloc = "default glibc malloc"
+    if args.tune_malloc:
+        malloc = ("malloc tuned (no mmap, no trim)" if tune_malloc()
+                  else "malloc tuning unavailable (not glibc)")
     # Move the imported modules' objects out of the collector's sight: gc.collect() between
     # measurements then takes milliseconds instead of a large share of a second.
     gc.collect()
@@ -652,6 +686,8 @@ def main(args) -> int:
           + (f", PyTorch {info['torch']}" if torch_mod is not None else "")
           + (f"; load average {info['load_average_start']}" if "load_average_start" in info
              else ""))
+    print(f"clock: {'process CPU time' if args.clock == 'cpu' else 'wall time'}; {malloc}")
+    info.update(clock=args.clock, malloc=malloc)
     load = info.get("load_average_start")
     if args.threads > 1 and load is not None and load + args.threads > (info["cores"] or 1) + 0.5:
         print(f"WARNING: load average {load} with {args.threads} threads on {info['cores']} "
