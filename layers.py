@@ -112,6 +112,17 @@ def linear_backward(dout: np.ndarray, cache, need_dx: bool = True):
     return dx, dW, db
 
 
+# Rows per block of the LayerNorm's chained element-wise passes: about this many elements, so
+# that a block of every operand stays in the L2 cache while the whole chain runs over it.
+_BLOCK_ELEMS = 1 << 17
+
+
+def _row_blocks(rows: int, width: int):
+    """Slices of about ``_BLOCK_ELEMS`` elements over ``rows`` rows of ``width`` elements."""
+    step = max(1, _BLOCK_ELEMS // max(1, width))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                       eps: float = LAYERNORM_EPS, *, overwrite_x: bool = False):
     """Normalise each row of x (..., D) over its last axis (biased variance), then scale/shift.
@@ -120,22 +131,27 @@ def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     temporary the caller no longer needs, e.g. a residual sum) ``xhat`` is formed in x's buffer.
     """
     D = x.shape[-1]
-    # At most two fresh arrays (xhat, out); every other pass works in place or reduces.
-    mean = np.add.reduce(x, axis=-1, keepdims=True)
-    mean *= 1.0 / D
-    if overwrite_x:
-        xhat = np.subtract(x, mean, out=x)                        # xc = x - mean
-    else:
-        xhat = x - mean
-    var = np.einsum("...d,...d->...", xhat, xhat)[..., None]     # sum(xc^2), no temporary
-    var *= 1.0 / D
-    var += eps
-    rstd = np.sqrt(var, out=var)
-    np.reciprocal(rstd, out=rstd)                                 # rstd = 1 / sqrt(var + eps)
-    xhat *= rstd                                                  # xhat = xc * rstd
-    out = xhat * gamma
-    out += beta
-    return out, (xhat, rstd, gamma)
+    x2 = x.reshape(-1, D)
+    # Two fresh arrays at most (xhat, out); the chain of passes runs block by block of rows,
+    # in place, so each block stays in cache.
+    xhat2 = x2 if overwrite_x else np.empty_like(x2)
+    out2 = np.empty(x2.shape, np.result_type(x2.dtype, gamma.dtype, beta.dtype))
+    rstd2 = np.empty((x2.shape[0], 1), x2.dtype)
+    for sl in _row_blocks(x2.shape[0], D):
+        xb, xh, r, o = x2[sl], xhat2[sl], rstd2[sl], out2[sl]
+        np.add.reduce(xb, axis=-1, keepdims=True, out=r)
+        r *= 1.0 / D                                              # mean
+        np.subtract(xb, r, out=xh)                                # xc = x - mean
+        np.einsum("nd,nd->n", xh, xh, out=r[:, 0])                # sum(xc^2), no temporary
+        r *= 1.0 / D
+        r += eps
+        np.sqrt(r, out=r)
+        np.reciprocal(r, out=r)                                   # rstd = 1 / sqrt(var + eps)
+        xh *= r                                                   # xhat = xc * rstd
+        np.multiply(xh, gamma, out=o)                             # out = xhat * gamma + beta
+        o += beta
+    lead = x.shape[:-1]
+    return out2.reshape(x.shape), (xhat2.reshape(x.shape), rstd2.reshape(*lead, 1), gamma)
 
 
 def layernorm_backward(dout: np.ndarray, cache, *, overwrite_dout: bool = False):
@@ -147,21 +163,36 @@ def layernorm_backward(dout: np.ndarray, cache, *, overwrite_dout: bool = False)
     xhat, rstd, gamma = cache
     D = xhat.shape[-1]
     dout2 = dout.reshape(-1, D)
-    # forward: out = xhat * gamma + beta
-    dgamma = np.einsum("nd,nd->d", dout2, xhat.reshape(-1, D))
-    dbeta = np.add.reduce(dout2, axis=0)
-    dxhat = np.multiply(dout, gamma, out=dout) if overwrite_dout else dout * gamma
-    # forward: xhat = (x - mean) * rstd  ->  compact form rstd * (dn - mean(dn) - n mean(dn n))
-    mean_dn = np.add.reduce(dxhat, axis=-1, keepdims=True)
-    mean_dn *= 1.0 / D
-    mean_dnn = np.einsum("...d,...d->...", dxhat, xhat)[..., None]
-    mean_dnn *= 1.0 / D
-    tmp = xhat * mean_dnn
-    tmp += mean_dn
-    dx = dxhat if overwrite_dout else tmp
-    np.subtract(dxhat, tmp, out=dx)
-    dx *= rstd
-    return dx, dgamma, dbeta
+    xhat2 = xhat.reshape(-1, D)
+    rstd2 = rstd.reshape(-1, 1)
+    dx2 = dout2 if overwrite_dout else np.empty(dout2.shape,
+                                                np.result_type(dout2.dtype, gamma.dtype))
+    blocks = _row_blocks(dout2.shape[0], D)
+    tmp = np.empty((blocks[0].stop - blocks[0].start, D), dx2.dtype)   # one block's scratch
+    stats = np.empty((tmp.shape[0], 2), dx2.dtype)
+    dgammas, dbetas = [], []
+    for sl in blocks:
+        db, xh, dxb, r = dout2[sl], xhat2[sl], dx2[sl], rstd2[sl]
+        n = db.shape[0]
+        t, m_dn, m_dnn = tmp[:n], stats[:n, 0:1], stats[:n, 1:2]
+        # forward: out = xhat * gamma + beta  (before db may be overwritten below)
+        dgammas.append(np.einsum("nd,nd->d", db, xh))
+        dbetas.append(np.add.reduce(db, axis=0))
+        np.multiply(db, gamma, out=dxb)                          # dn = dout * gamma
+        # forward: xhat = (x - mean) * rstd -> compact form rstd * (dn - mean(dn) - n mean(dn n))
+        np.add.reduce(dxb, axis=-1, keepdims=True, out=m_dn)
+        m_dn *= 1.0 / D
+        np.einsum("nd,nd->n", dxb, xh, out=m_dnn[:, 0])
+        m_dnn *= 1.0 / D
+        np.multiply(xh, m_dnn, out=t)
+        t += m_dn
+        dxb -= t
+        dxb *= r
+    dgamma, dbeta = dgammas[0], dbetas[0]
+    for dg, dbt in zip(dgammas[1:], dbetas[1:]):
+        dgamma += dg
+        dbeta += dbt
+    return dx2.reshape(dout.shape), dgamma, dbeta
 
 
 def relu_forward(x: np.ndarray) -> np.ndarray:
