@@ -85,6 +85,13 @@ class MultiHeadAttention(layers.Module):
         cache = {"lin": lin_cache, "ln": ln_cache, "q": q, "k": k, "v": v, "weights": weights}
         return out, cache
 
+    def _scratch(self, shape: tuple, dtype) -> np.ndarray:
+        """A work buffer kept between backward calls (reallocated when the shape changes)."""
+        buf = getattr(self, "_dqkv_buffer", None)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._dqkv_buffer = np.empty(shape, dtype)
+        return buf
+
     def backward(self, dout: np.ndarray, cache, need_dx: bool = True):
         """dout (B, R, H*head_size) -> dx (B, R, D); accumulates every parameter gradient."""
         B, R, _ = dout.shape
@@ -92,8 +99,10 @@ class MultiHeadAttention(layers.Module):
         q, k, v, weights = cache["q"], cache["k"], cache["v"], cache["weights"]
         # out = heads.transpose(0, 2, 1, 3).reshape(B, R, H*head_size)
         dheads = dout.reshape(B, R, H, self.head_size).transpose(0, 2, 1, 3)
-        # dqkv in the (B, R, H, qkv_size) layout of qkv, filled through its (B, H, R, .) view
-        dqkv = np.empty((B, R, H, self.qkv_size), dtype=dout.dtype)
+        # dqkv in the (B, R, H, qkv_size) layout of qkv, filled through its (B, H, R, .) view.
+        # It never leaves this method (the LayerNorm and Linear backward return fresh arrays),
+        # so one scratch buffer serves every call: no fresh (B, R, H*qkv_size) array per step.
+        dqkv = self._scratch((B, R, H, self.qkv_size), dout.dtype)
         dqkv_t = dqkv.transpose(0, 2, 1, 3)
         # heads = weights @ v
         dweights = dheads @ v.swapaxes(-1, -2)                                       # (B, H, R, R)
