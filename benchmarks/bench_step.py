@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "spinning included)")
     p.add_argument("--tune-malloc", action="store_true",
                    help="glibc only: serve every allocation from the heap and never trim it "
-                        "(mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB), so large temporaries "
+                        "(mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=SIZE_MAX), so large temporaries "
                         "reuse memory instead of page-faulting fresh memory on every step; "
                         "applies to NumPy and PyTorch alike")
     p.add_argument("--scaling", action="store_true",
@@ -428,8 +428,8 @@ def tune_malloc() -> bool:
         import ctypes.util
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                        2**31 - 1))
+        # -1 becomes SIZE_MAX inside glibc: the heap is never trimmed
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
     except (OSError, AttributeError):
         return False
 
