@@ -52,9 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sizes to time (default: all)")
     p.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES, default=list(DTYPE_NAMES),
                    help="dtypes to time (default: both)")
-    p.add_argument("--repeats", type=int, default=7,
-                   help="timed steps per measurement; medians are reported (default 7)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed steps per measurement; medians are reported (default 7, and "
+                        "3 for the paper size)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 2, and 1 for the paper size)")
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS / OpenMP / torch threads (default 2, or 1 with --quick-run; 1 "
                         "is far more robust when other processes compete for the cores)")
@@ -83,12 +85,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.threads = 1 if args.quick_run else 2
     if args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
-    if args.repeats < 1 or args.warmup < 0:
+    if (args.repeats is not None and args.repeats < 1) or (args.warmup is not None
+                                                            and args.warmup < 0):
         p.error("--repeats must be >= 1 and --warmup >= 0")
     args.scaling = args.scaling or args.scaling_only
     if args.quick_run:
-        args.repeats, args.warmup = min(args.repeats, 2), min(args.warmup, 1)
+        args.repeats, args.warmup = min(args.repeats or 2, 2), min(args.warmup or 1, 1)
     return args
+
+
+def repeats_for(args, size: str) -> tuple[int, int]:
+    """(repeats, warm-up steps) for a size: the defaults are smaller for the paper size."""
+    big = size == "paper"
+    return (args.repeats if args.repeats is not None else (3 if big else 7),
+            args.warmup if args.warmup is not None else (1 if big else 2))
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
@@ -522,9 +532,10 @@ def run_table(args, torch_mod, peaks: dict) -> list[dict]:
                 else:
                     diff = None
                 group = []
+                repeats, warmup = repeats_for(args, size)
                 for runner in runners:
                     pause_between_pools()
-                    t = time_runner(runner, args.repeats, args.warmup)
+                    t = time_runner(runner, repeats, warmup)
                     mem = runner.memory()
                     gflops = flops["step"] / (t["step_ms"] / 1e3) / 1e9
                     group.append(dict(model=model_name, size=size, dtype=dtype_name,
@@ -579,7 +590,8 @@ def run_scaling(args, torch_mod, dtype_name: str) -> list[dict]:
     else:
         base_cfg, grid, base = SIZES["sonnet"], {"T": SCALING_T, "N": SCALING_N,
                                                   "B": SCALING_B}, SCALING_BASE
-    repeats, warmup = min(args.repeats, 3), min(args.warmup, 1)
+    repeats, warmup = repeats_for(args, "sonnet")
+    repeats, warmup = min(repeats, 3), min(warmup, 1)
     rows = []
     head = (f"{'vary':<4} {'T':>4} {'N':>3} {'B':>5} {'numpy ms':>9} {'torch ms':>9} "
             f"{'np/torch':>8} {'GFLOP/s':>8} {'cache MB':>9} {'torch cache':>11} "
@@ -708,7 +720,9 @@ def main(args) -> int:
         print(f"matmul peak {dtype_name}, {args.threads} thread(s): NumPy {pk['numpy']:.1f} "
               f"GFLOP/s" + (f", PyTorch {pk['torch']:.1f} GFLOP/s" if "torch" in pk else "")
               + f"  (square products n = {', '.join(map(str, sizes_n))}, best run)")
-    print(f"median of {args.repeats} steps after {args.warmup} warm-up step(s); "
+    reps = {sz: repeats_for(args, sz) for sz in (["tiny"] if args.quick_run else args.sizes)}
+    print("median of " + "; ".join(f"{sz}: {r} steps after {w} warm-up step(s)"
+                                   for sz, (r, w) in reps.items()) + "; "
           "GFLOP = matrix-product FLOPs of one step (backward counted as 2x forward); "
           "%peak = GFLOP/s / the best matmul peak above; cache MB = activations kept for "
           "backward (NumPy cache / PyTorch saved tensors, weights excluded); peak MB = NumPy "
