@@ -60,6 +60,25 @@ def test_without_torch_the_comparison_is_reported_skipped(tmp_path):
     assert rows[0]["step_ms"] > 0 and rows[0]["flops"]["step"] == 3 * rows[0]["flops"]["forward"]
 
 
+def test_without_torch_installed_the_script_runs_and_says_so():
+    # A meta-path finder makes "import torch" fail, as on a machine without PyTorch.
+    hide_torch = (
+        "import sys, runpy\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('No module named ' + repr(name))\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--quick-run', '--models', 'lstm', '--dtypes', 'float32']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", hide_torch], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PyTorch comparison skipped" in proc.stdout
+    assert any(line.startswith("LSTM") and " numpy " in line for line in proc.stdout.splitlines())
+    assert " torch " not in proc.stdout
+
+
 def test_bad_arguments_are_refused():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--threads", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
