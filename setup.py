@@ -4,7 +4,7 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
-# Every top-level module is part of the library except this file and the demo's test module.
+# Every top-level module of this folder is installed, the demo script included; only this file is not.
 MODULES = sorted(p.stem for p in HERE.glob("*.py") if p.stem != "setup")
 
 setup(
