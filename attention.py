@@ -46,7 +46,7 @@ class MultiHeadAttention(layers.Module):
         total = self.num_heads * self.qkv_size
         self.output_size = self.num_heads * self.head_size
         self.scale = self.key_size ** -0.5
-        self.add_param("W_qkv", layers.init_uniform_fan_in(rng, input_size, (input_size, total)))
+        self.add_param("W_qkv", layers.init_fan_in(rng, input_size, (input_size, total)))
         self.add_param("b_qkv", np.zeros(total))
         self.add_param("ln_g", np.ones(total))
         self.add_param("ln_b", np.zeros(total))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from layers import (MLP, Module, check_array, check_positive_int, check_same_batch,
-                    init_uniform_fan_in, linear_backward, linear_forward, sigmoid,
+                    init_fan_in, linear_backward, linear_forward, sigmoid,
                     sigmoid_backward, tanh_backward)
 
 FORGET_BIAS = 1.0
@@ -126,7 +126,7 @@ class LSTMCell(Module):
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = H = check_positive_int("hidden_size", hidden_size)
         rng = np.random.default_rng() if rng is None else rng
-        self.add_param("W_x", init_uniform_fan_in(rng, input_size, (input_size, 4 * H)))
+        self.add_param("W_x", init_fan_in(rng, input_size, (input_size, 4 * H)))
         self.add_param("W_h", np.concatenate([orthogonal(rng, H) for _ in range(4)], axis=1))
         b = np.zeros(4 * H)
         b[H:2 * H] = FORGET_BIAS

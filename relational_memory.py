@@ -86,8 +86,8 @@ class RelationalMemory(layers.Module):
                                                     rng=rng, dtype=dtype))
         if gate_style is not None:
             G = self.gate_size = d if gate_style == "unit" else 1
-            self.add_param("W_gx", layers.init_uniform_fan_in(rng, d, (d, 2 * G)))
-            self.add_param("W_gm", layers.init_uniform_fan_in(rng, d, (d, 2 * G)))
+            self.add_param("W_gx", layers.init_fan_in(rng, d, (d, 2 * G)))
+            self.add_param("W_gm", layers.init_fan_in(rng, d, (d, 2 * G)))
             self.add_param("b_g", np.zeros(2 * G))
 
     # ----------------------------------------------------------------------------------------

@@ -143,3 +143,13 @@ def test_cross_entropy_rejects_bad_labels():
         layers.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(ValueError, match="labels must be integers"):
         layers.softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+
+
+def test_init_fan_in_is_a_truncated_normal_of_stddev_one_over_sqrt_fan_in():
+    w = layers.init_fan_in(np.random.default_rng(0), 64, (64, 4096))
+    scaled = w * np.sqrt(64)
+    assert np.abs(scaled).max() <= 2.0                      # nothing beyond 2 stddev
+    assert np.abs(scaled).max() > 1.99                      # but the whole range is used
+    # stddev of a standard normal truncated at +-2: 0.8796
+    assert abs(scaled.std() - 0.8796) < 0.01
+    assert abs(scaled.mean()) < 0.01
