@@ -217,11 +217,17 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
         ax.set_ylim(-0.02, 1.02)
     # Log scale: during curriculum phases with fewer objects the held-out loss on the full
     # task can grow far above ln K, while the interesting part lies below it.
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
+
+    def label_2_and_5(value, _pos):
+        # every minor tick labelled crowds the axis: only 2x and 5x each power of ten
+        mantissa = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+        return f"{value:g}" if mantissa in (2, 5) else ""
+
     for ax in (ax_loss_s, ax_loss_t):
         ax.set_yscale("log")          # values <= 0 (a perfect float32 loss) are masked
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(label_2_and_5))
         ax.tick_params(axis="y", which="minor", labelsize=7)
     if title:
         fig.suptitle(title)
