@@ -116,7 +116,8 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
     Layout: row 1 held-out accuracy vs steps and vs wall time; row 2 held-out loss (solid) and
     mean training loss since the previous evaluation (dotted) vs steps and vs wall time; row 3
     one panel per model with the held-out accuracy for each rank n.  Curriculum phase changes
-    are vertical lines (at the same steps for every model; at each model's own wall time).
+    are vertical lines (grey on the step axes when all models changed phase at the same steps;
+    otherwise, and on the wall-time axes, in each model's colour).
     """
     if not metrics_by_model:
         raise ValueError("metrics_by_model is empty: nothing to plot")
@@ -134,12 +135,16 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
                     for e in _evals(lines)), default=0.0)
     scale, time_label = _time_scale(max_time)
 
-    # Phase lines on the step axes: the curriculum is shared, take the first model's.
-    step_phases = next((_phases(lines) for lines in metrics_by_model.values()
-                        if _phases(lines)), [])
-    for ax in (ax_acc_s, ax_loss_s):
-        _draw_step_phases(ax, step_phases, label=ax is ax_acc_s)
-    wall_phase_labelled = False
+    # Phase lines on the step axes: grey when every model changed phase at the same steps (a
+    # fixed curriculum), in each model's colour when gated phases ended at different steps.
+    phase_steps = {tuple(e["step"] for e in _phases(lines)) for lines in metrics_by_model.values()}
+    shared_phases = len(phase_steps) == 1
+    if shared_phases:
+        step_phases = next((_phases(lines) for lines in metrics_by_model.values()), [])
+        for ax in (ax_acc_s, ax_loss_s):
+            _draw_step_phases(ax, step_phases, label=ax is ax_acc_s)
+    # Legend entry for the coloured phase lines: once on each accuracy panel.
+    phase_labelled = {ax_acc_s: False, ax_acc_t: False, ax_loss_s: True, ax_loss_t: True}
 
     for i, kind in enumerate(kinds):
         lines = metrics_by_model[kind]
@@ -161,13 +166,14 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
                        label="dotted: training loss" if i == 0 else None)
         ax_loss_t.plot(times, train_loss, color=color, linestyle=":", linewidth=1.0)
         for event in _phases(lines):
-            if event.get("wall_time") is not None:
-                for ax in (ax_acc_t, ax_loss_t):
-                    ax.axvline(float(event["wall_time"]) / scale, color=color, linestyle="--",
-                               linewidth=0.8, alpha=0.6,
-                               label=("phase change (model colour)"
-                                      if ax is ax_acc_t and not wall_phase_labelled else None))
-                wall_phase_labelled = True
+            at = [(ax, float(event["wall_time"]) / scale) for ax in (ax_acc_t, ax_loss_t)
+                  if event.get("wall_time") is not None]
+            if not shared_phases:
+                at += [(ax, event["step"]) for ax in (ax_acc_s, ax_loss_s)]
+            for ax, x in at:
+                ax.axvline(x, color=color, linestyle="--", linewidth=0.8, alpha=0.6,
+                           label=None if phase_labelled[ax] else "phase change (model colour)")
+                phase_labelled[ax] = True
 
         # Per-n panel of this model.
         ax_n = bottom_axes[i]
@@ -180,7 +186,7 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
             tag = " (m itself)" if n == 0 else (" (farthest)" if n == num_n - 1 else "")
             ax_n.plot(steps, values, color=cmap(n / max(1, num_n - 1)), linewidth=1.1,
                       label=f"n={n}{tag}")
-        _draw_step_phases(ax_n, step_phases, label=False)
+        _draw_step_phases(ax_n, _phases(lines), label=False)
         if chance is not None:
             ax_n.axhline(chance, color="k", linestyle=":", linewidth=1.0, label="chance")
         ax_n.set_title(f"{name}: held-out accuracy per rank n", fontsize=10)

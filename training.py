@@ -182,18 +182,28 @@ class CheckpointError(ValueError):
 # ============================================================================================
 
 
-def parse_curriculum(spec, num_objects: int, num_features: int) -> list[tuple[int, int, int | None]]:
-    """Parse ``"3x1:3000,3x4:6000,4x4"`` into phases ``[(3, 1, 3000), (3, 4, 6000), (4, 4, None)]``.
+# Training steps over which a gated phase measures its training accuracy (see parse_curriculum).
+GATE_WINDOW = 250
 
-    Each phase is ``OBJECTSxFEATURES:STEPS`` (the number of training steps spent in it); the last
-    phase has no step count and runs to the end.  Objects lie in [2, num_objects] and features in
-    [1, num_features]: the phases keep the layout of the target task (see ``make_batch``).
-    ``None``, ``""`` or ``"none"`` mean no curriculum: one phase, the full task.
+
+def parse_curriculum(spec, num_objects: int, num_features: int) -> list[tuple]:
+    """Parse a curriculum spec into phases ``(objects, features, steps, gate)``.
+
+    ``"3x1:3000,3x4:6000,4x4"`` gives ``[(3, 1, 3000, None), (3, 4, 6000, None),
+    (4, 4, None, None)]``.  Each phase is ``OBJECTSxFEATURES:STEPS`` (the number of training
+    steps spent in it) or ``OBJECTSxFEATURES:STEPS@ACC``, a *gated* phase: it ends as soon as the
+    training accuracy on its own task, measured over each block of :data:`GATE_WINDOW` steps,
+    reaches ACC (a fraction in (0, 1]), and after STEPS steps at the latest.  Models leave the
+    plateau of an easy phase after very different numbers of steps; a gate moves each model on
+    when it has learnt the phase, with the same rule for all.  The last phase has no step count
+    and runs to the end.  Objects lie in [2, num_objects] and features in [1, num_features]: the
+    phases keep the layout of the target task (see ``make_batch``).  ``None``, ``""`` or
+    ``"none"`` mean no curriculum: one phase, the full task.
     """
     K = nf._check_num_objects(num_objects)
     F = layers.check_positive_int("num_features", num_features)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
-        return [(K, F, None)]
+        return [(K, F, None, None)]
     if not isinstance(spec, str):
         raise ValueError(f"curriculum must be a string like '3x1:3000,3x4:6000,4x4', got {spec!r}")
     items = [s.strip() for s in spec.split(",")]
@@ -208,13 +218,15 @@ def parse_curriculum(spec, num_objects: int, num_features: int) -> list[tuple[in
                 raise ValueError
             k, f = int(objects_text), int(features_text)
         except ValueError:
-            raise ValueError(f"{where}: expected OBJECTSxFEATURES[:STEPS] such as '3x1:3000', "
-                             f"in '{spec}'") from None
+            raise ValueError(f"{where}: expected OBJECTSxFEATURES[:STEPS[@ACC]] such as "
+                             f"'3x1:3000' or '3x1:8000@0.9', in '{spec}'") from None
         if not 2 <= k <= K:
             raise ValueError(f"{where}: objects must lie in [2, {K}] (num_objects), got {k}")
         if not 1 <= f <= F:
             raise ValueError(f"{where}: features must lie in [1, {F}] (num_features), got {f}")
+        steps = gate = None
         if sep:
+            steps_text, at, gate_text = steps_text.partition("@")
             try:
                 steps = int(steps_text.strip())
             except ValueError:
@@ -222,34 +234,49 @@ def parse_curriculum(spec, num_objects: int, num_features: int) -> list[tuple[in
                                  f"got {steps_text.strip()!r}") from None
             if steps < 1:
                 raise ValueError(f"{where}: the step count must be an integer >= 1, got {steps}")
+            if at:
+                try:
+                    gate = float(gate_text.strip())
+                except ValueError:
+                    gate = math.nan
+                if not 0 < gate <= 1:
+                    raise ValueError(f"{where}: the accuracy gate after '@' must be a fraction "
+                                     f"in (0, 1], got {gate_text.strip()!r}")
             if last:
                 raise ValueError(f"{where}: the last phase runs to the end of training and takes "
                                  f"no step count (write '{k}x{f}')")
-        else:
-            steps = None
-            if not last:
-                raise ValueError(f"{where}: every phase but the last needs a step count, "
-                                 f"e.g. '{k}x{f}:1000'")
-        phases.append((k, f, steps))
+        elif not last:
+            raise ValueError(f"{where}: every phase but the last needs a step count, "
+                             f"e.g. '{k}x{f}:1000'")
+        phases.append((k, f, steps, gate))
     return phases
 
 
+def normalize_phases(phases: Sequence[Sequence]) -> list[tuple]:
+    """Phases as 4-tuples ``(objects, features, steps, gate)``; run configs written before
+    gates existed hold 3-element phases (no gate)."""
+    return [tuple(p) + (None,) * (4 - len(p)) for p in phases]
+
+
 def format_curriculum(phases: Sequence[Sequence]) -> str:
-    """Inverse of :func:`parse_curriculum` (``"none"`` for a single full-task phase)."""
-    return ",".join(f"{k}x{f}" + ("" if s is None else f":{s}") for k, f, s in phases)
+    """Inverse of :func:`parse_curriculum`."""
+    return ",".join(f"{k}x{f}" + ("" if s is None else f":{s}") + ("" if g is None else f"@{g:g}")
+                    for k, f, s, g in normalize_phases(phases))
 
 
 def phase_starts(phases: Sequence[Sequence]) -> list[int]:
-    """First training step of each phase."""
+    """First training step of each phase when every phase runs its full step count (for a
+    gated phase: the latest step at which the next phase can start)."""
     starts, at = [], 0
-    for _, _, steps in phases:
+    for p in phases:
         starts.append(at)
-        at += steps or 0
+        at += p[2] or 0
     return starts
 
 
 def phase_at(phases: Sequence[Sequence], step: int) -> int:
-    """Index of the phase that the update after ``step`` completed updates belongs to."""
+    """Index of the phase that the update after ``step`` completed updates belongs to, when
+    no gate ends a phase early (:func:`phase_starts`)."""
     index = 0
     for i, start in enumerate(phase_starts(phases)):
         if step >= start:
@@ -606,7 +633,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
     progress_stream = sys.stderr if progress_stream is None else progress_stream
     K, F = cfg["num_objects"], cfg["num_features"]
     dtype = np.dtype(cfg["dtype"])
-    phases = [tuple(p) for p in cfg["phases"]]
+    phases = normalize_phases(cfg["phases"])
     steps, B = cfg["steps"], cfg["batch_size"]
     eval_every, ckpt_every = cfg["eval_every"], cfg["checkpoint_every"]
     budget = cfg.get("time_budget")
@@ -626,18 +653,23 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
         step = int(info["step"])
         wall0 = float(info.get("wall_time", 0.0))
         window = dict(info.get("train_window") or {})
+        curriculum = dict(info.get("curriculum") or {})
         _truncate_metrics(metrics_path, step)
         mode = "a"
     else:
         init_rng, data_rng = _rngs(cfg["seed"])
         model = build_model(kind, cfg["model_sizes"][kind], K, F, dtype=dtype, rng=init_rng)
         optimizer = _make_optimizer(model, cfg)
-        step, wall0, window = 0, 0.0, {}
+        step, wall0, window, curriculum = 0, 0.0, {}, {}
         mode = "w"
     window = {"loss_sum": float(window.get("loss_sum", 0.0)),
               "count": int(window.get("count", 0)),
               "correct": int(window.get("correct", 0)),
               "seen": int(window.get("seen", 0))}
+    # Curriculum position: the phase, the step it began at, and the gate's accuracy window (a
+    # gated phase ends early once a block of GATE_WINDOW steps reaches its training accuracy).
+    gate = {"steps": 0, "correct": 0, "seen": 0, "acc": None, "passed": False}
+    gate.update(curriculum.get("gate") or {})
 
     start_step = step
     t0 = time.perf_counter()
@@ -661,7 +693,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
         def run_eval(at_step: int, phase: int) -> dict:
             nonlocal last_eval
             result = evaluate(model, eval_set, K, batch_size=eval_batch)
-            k, f, _ = phases[phase]
+            k, f = phases[phase][:2]
             entry = {"event": "eval", "step": at_step, "wall_time": wall(), "phase": phase,
                      "active_objects": k, "active_features": f, "lr": last_lr,
                      "train_loss": (window["loss_sum"] / window["count"]
@@ -680,30 +712,62 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
         def save(at_step: int) -> None:
             save_checkpoint(ckpt_path, kind=kind, model=model, optimizer=optimizer,
                             data_rng=data_rng, step=at_step, run_config=dict(cfg),
-                            extra={"wall_time": wall(), "train_window": dict(window)})
+                            extra={"wall_time": wall(), "train_window": dict(window),
+                                   "phase_index": phase,
+                                   "curriculum": {"phase": phase, "phase_start": phase_start,
+                                                  "gate": dict(gate)}})
 
         if resume_from is not None:
             record({"event": "resume", "step": step, "wall_time": wall0})
             say(f"[{kind}] resuming from step {step} ({ckpt_path})")
-            phase = phase_at(phases, step - 1) if step > 0 else None
         else:
             say(f"[{kind}] {MODEL_TITLES[kind]}: {model.num_parameters():,} parameters, "
                 f"{steps} steps of batch {B}")
-            phase = None
+        phase = phase_start = None
+        if step > 0:
+            # Checkpoints written before gates existed hold no curriculum entry: their phases
+            # changed at fixed steps.
+            phase = int(curriculum.get("phase", phase_at(phases, step - 1)))
+            phase_start = int(curriculum.get("phase_start", phase_starts(phases)[phase]))
 
         def enter_phase(at_step: int) -> None:
-            nonlocal phase
-            new_phase = phase_at(phases, at_step)
-            if new_phase == phase:
-                return
-            phase = new_phase
-            k, f, n_steps = phases[phase]
+            """Move to the next phase when the current one is over (its steps are done or its
+            gate has passed); announce it in the metrics and the log."""
+            nonlocal phase, phase_start
+            reason, last_gate_acc = None, None
+            if phase is None:
+                phase = phase_at(phases, at_step)
+                phase_start = phase_starts(phases)[phase]
+            else:
+                n_steps = phases[phase][2]
+                if n_steps is None:
+                    return
+                if gate["passed"]:
+                    reason = "accuracy"
+                elif at_step - phase_start >= n_steps:
+                    reason = "steps"
+                else:
+                    return
+                phase, phase_start, last_gate_acc = phase + 1, at_step, gate["acc"]
+                gate.update(steps=0, correct=0, seen=0, acc=None, passed=False)
+            k, f, n_steps, gate_acc = phases[phase]
             record({"event": "phase", "step": at_step, "wall_time": wall(), "phase": phase,
-                    "active_objects": k, "active_features": f, "phase_steps": n_steps})
+                    "active_objects": k, "active_features": f, "phase_steps": n_steps,
+                    "gate": gate_acc, "reason": reason, "previous_gate_acc": last_gate_acc})
             if len(phases) > 1:
+                if n_steps is None:
+                    length = " until the end"
+                elif gate_acc is None:
+                    length = f" for {n_steps} steps"
+                else:
+                    length = (f" until its training accuracy reaches {gate_acc:g}, at most "
+                              f"{n_steps} steps")
+                why = ""
+                if reason == "accuracy":
+                    why = (f" (the previous phase's training accuracy reached {last_gate_acc:.3f}"
+                           f" over {GATE_WINDOW} steps)")
                 say(f"[{kind}] step {at_step}: curriculum phase {phase + 1}/{len(phases)}: "
-                    f"{k} objects x {f} feature{'s' if f > 1 else ''}"
-                    + (f" for {n_steps} steps" if n_steps else " until the end"))
+                    f"{k} objects x {f} feature{'s' if f > 1 else ''}{length}{why}")
 
         status, message = None, ""
         if step >= steps:
@@ -713,7 +777,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
             run_eval(0, phase)
         while status is None:
             enter_phase(step)
-            k, f, _ = phases[phase]
+            k, f = phases[phase][:2]
             x, y, _ = nf.make_batch(data_rng, B, K, F, active_objects=k, active_features=f,
                                     dtype=dtype)
             logits, cache = model.forward(x)
@@ -744,8 +808,18 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
             last_lr = info["lr"]
             window["loss_sum"] += loss
             window["count"] += 1
-            window["correct"] += int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+            correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+            window["correct"] += correct
             window["seen"] += len(y)
+            gate_acc = phases[phase][3]
+            if gate_acc is not None:
+                gate["steps"] += 1
+                gate["correct"] += correct
+                gate["seen"] += len(y)
+                if gate["steps"] == GATE_WINDOW:
+                    gate["acc"] = gate["correct"] / gate["seen"]
+                    gate["passed"] = gate["acc"] >= gate_acc
+                    gate.update(steps=0, correct=0, seen=0)
             shown_loss = loss if shown_loss is None else 0.9 * shown_loss + 0.1 * loss
 
             elapsed = time.perf_counter() - t0
@@ -1040,8 +1114,12 @@ def _epilog() -> str:
         "",
         "curriculum: --curriculum '3x1:3000,3x4:6000,4x4' trains 3000 steps on 3 objects x 1",
         "  feature, then 6000 steps on 3 x 4, then the rest on 4 x 4 (the last phase has no step",
-        "  count).  Phases keep the layout of the target task (K, F); the held-out set is always",
-        "  the full target task.  '--curriculum none' trains on the full task from the start.",
+        "  count).  A gated phase 'KxF:STEPS@ACC' ends as soon as the training accuracy on its",
+        f"  own task over a block of {GATE_WINDOW} steps reaches ACC (e.g. 3x1:10000@0.9), after",
+        "  STEPS steps at the latest: each model moves on when it has learnt the phase.  Phases",
+        "  keep the layout of the target task (K, F); the held-out set is always the full target",
+        "  task; every phase change is logged, written to metrics.jsonl and drawn on the plots.",
+        "  '--curriculum none' trains on the full task from the start.",
         "",
         "time budget: --time-budget SECONDS applies to each model separately and to each",
         "  invocation (with --model all, every model gets its own budget).  At the budget the",
@@ -1106,7 +1184,8 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--num-features", type=_positive_int, metavar="F",
                       help=f"features per object (presets: {_preset_values('num_features')})")
     task.add_argument("--curriculum", metavar="SPEC",
-                      help="phases 'KxF:STEPS,...,KxF' or 'none' (presets: "
+                      help="phases 'KxF:STEPS[@ACC],...,KxF' or 'none'; see "
+                           "'curriculum' below (presets: "
                            f"{_preset_values('curriculum')})")
 
     opt = p.add_argument_group("optimisation")

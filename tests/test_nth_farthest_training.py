@@ -312,17 +312,72 @@ def test_nan_loss_stops_the_model_names_the_step_and_keeps_the_checkpoint(tmp_pa
 
 def test_parse_curriculum_and_phase_boundaries():
     phases = parse_curriculum(" 3x1:3000, 3X4:6000 ,4x4", 4, 4)
-    assert phases == [(3, 1, 3000), (3, 4, 6000), (4, 4, None)]
+    assert phases == [(3, 1, 3000, None), (3, 4, 6000, None), (4, 4, None, None)]
     assert [phase_at(phases, s) for s in (0, 2999, 3000, 8999, 9000, 10 ** 6)] == \
         [0, 0, 1, 1, 2, 2]
-    assert parse_curriculum("none", 8, 16) == [(8, 16, None)]
-    assert parse_curriculum(None, 8, 16) == [(8, 16, None)]
+    assert parse_curriculum("none", 8, 16) == [(8, 16, None, None)]
+    assert parse_curriculum(None, 8, 16) == [(8, 16, None, None)]
     assert training.format_curriculum(phases) == "3x1:3000,3x4:6000,4x4"
     for bad in ("", "3x1:0,4x4", "1x1:5,4x4", "4x5", "3x1:5,,4x4", "x:1,4x4", "3x1:a,4x4"):
         if bad == "":
             continue                                   # '' means no curriculum
         with pytest.raises(ValueError, match="curriculum phase"):
             parse_curriculum(bad, 4, 4)
+
+
+def test_parse_gated_curriculum_round_trips_and_rejects_bad_gates():
+    phases = parse_curriculum("3x1:10000@0.9, 3x4:8000 @ 0.95,4x4", 4, 4)
+    assert phases == [(3, 1, 10000, 0.9), (3, 4, 8000, 0.95), (4, 4, None, None)]
+    assert training.format_curriculum(phases) == "3x1:10000@0.9,3x4:8000@0.95,4x4"
+    assert parse_curriculum(training.format_curriculum(phases), 4, 4) == phases
+    # run configs written before gates existed hold 3-element phases
+    assert training.normalize_phases([[3, 1, 5], [4, 4, None]]) == [(3, 1, 5, None),
+                                                                    (4, 4, None, None)]
+    for bad, what in (("3x1:100@0,4x4", "fraction in"), ("3x1:100@1.5,4x4", "fraction in"),
+                      ("3x1:100@x,4x4", "'x'"), ("3x1:100@nan,4x4", "fraction in"),
+                      ("3x1:@0.9,4x4", "step count"), ("3x1:100@0.9,4x4:5@0.9", "last phase")):
+        with pytest.raises(ValueError, match=what):
+            parse_curriculum(bad, 4, 4)
+
+
+def phase_events(folder):
+    return [(e["step"], e["active_objects"], e["reason"])
+            for e in strict_json_lines(folder / "metrics.jsonl") if e["event"] == "phase"]
+
+
+def test_gated_phase_ends_when_its_training_accuracy_reaches_the_gate(tmp_path, monkeypatch,
+                                                                      capsys):
+    # A window of 4 steps; a gate of 1% passes at the first window (any model beats it), a gate
+    # of 100% never does in these few steps, so that phase runs its full step count.
+    monkeypatch.setattr(training, "GATE_WINDOW", 4)
+    out = tmp_path / "g"
+    argv = ["--model", "lstm", "--steps", 20, "--out", out, *LSTM[:-3], "--no-plots",
+            "--curriculum", "3x1:9@0.01,3x4:6@1,4x4"]
+    assert run_cli(argv) == 0
+    assert phase_events(out / "lstm") == [(0, 3, None), (4, 3, "accuracy"), (10, 4, "steps")]
+    log = capsys.readouterr().out
+    assert "until its training accuracy reaches 0.01, at most 9 steps" in log
+    assert "training accuracy reached" in log
+
+
+def test_gated_curriculum_resumes_exactly_mid_window(tmp_path, monkeypatch):
+    # Stopped at step 8, inside the second 4-step window of the 3x4 phase's gate (steps 3-6
+    # made the first); resumed, the gate passes at step 10 exactly as in one uninterrupted run.
+    monkeypatch.setattr(training, "GATE_WINDOW", 4)
+    argv = ["--model", "lstm", "--steps", 16, *LSTM[:-3], "--no-plots",
+            "--curriculum", "3x1:2,3x4:12@0.3,4x4"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli([*argv, "--out", full]) == 0
+    assert phase_events(full / "lstm") == [(0, 3, None), (2, 3, "steps"), (10, 4, "accuracy")]
+    assert run_cli([*argv, "--out", cut, "--steps", 8]) == 0
+    state = load_checkpoint(cut / "lstm")[1]["curriculum"]
+    assert (state["phase"], state["phase_start"], state["gate"]["steps"]) == (1, 2, 2)
+    assert run_cli(["--resume", cut, "--steps", 16, *QUIET]) == 0
+    assert phase_events(cut / "lstm") == phase_events(full / "lstm")
+    p_full, _ = params_of(full / "lstm")
+    p_cut, _ = params_of(cut / "lstm")
+    for name in p_full:
+        assert np.array_equal(p_full[name], p_cut[name]), name
 
 
 def test_each_phase_trains_on_its_active_sizes_and_evaluation_uses_the_full_task(tmp_path,
@@ -420,3 +475,18 @@ def test_plot_functions_reject_bad_input(tmp_path):
         plots.plot_learning_curves({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="shape"):
         plots.plot_attention_heatmap(np.zeros((2, 3, 4)), tmp_path / "x.png")
+
+
+def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps(tmp_path):
+    import plots
+
+    def lines(change_at):
+        evals = [{"event": "eval", "step": s, "wall_time": 0.1 * s, "heldout_acc": 0.3,
+                  "heldout_loss": 1.3, "train_loss": 1.2, "acc_per_n": [1, 0.2, 0.1]}
+                 for s in (0, 10, 20)]
+        return evals + [{"event": "phase", "step": change_at, "wall_time": 0.1 * change_at,
+                         "active_objects": 3, "active_features": 2}]
+
+    path = plots.plot_learning_curves({"rmc": lines(4), "lstm": lines(12)},
+                                      tmp_path / "curves.png", chance=1 / 3)
+    assert os.path.getsize(path) > 0
