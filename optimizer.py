@@ -12,6 +12,8 @@ names.  Every update is done *in place* (``p -= ...``) so any other holder of a 
   their ``config()`` is all a checkpoint needs (:func:`schedule_from_config` rebuilds them).
 * :class:`Adam` -- Adam with bias correction and optional decoupled (AdamW-style) weight decay,
   clipping and schedule; ``state_dict()`` / ``load_state_dict()`` resume training bit-exactly.
+* :class:`ExponentialMovingAverage` -- a running average of the parameters (Polyak averaging)
+  to evaluate with: ``update()`` after each step, ``with ema.applied(): evaluate(model)``.
 
 Typical loop::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -35,7 +38,8 @@ import layers
 # Elements per chunk when a float32 gradient is cast to float64 for the norm (2 MiB buffer).
 _NORM_CHUNK = 1 << 18
 
-__all__ = ["clip_global_norm", "ConstantLR", "ExponentialDecay", "schedule_from_config", "Adam"]
+__all__ = ["clip_global_norm", "ConstantLR", "ExponentialDecay", "schedule_from_config", "Adam",
+           "ExponentialMovingAverage"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,3 +507,128 @@ class Adam:
         return (f"Adam(lr={self.lr!r}, betas={self.betas!r}, eps={self.eps!r}, "
                 f"weight_decay={self.weight_decay!r}, clip_norm={self.clip_norm!r}, "
                 f"schedule={self.schedule!r}, t={self.t}, parameters={len(self._names)})")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter averaging
+# --------------------------------------------------------------------------------------------
+
+
+class ExponentialMovingAverage:
+    """Exponential moving average of a model's parameters (Polyak averaging).
+
+    With batches of fresh data the parameters keep jittering around a good point, at a scale set
+    by the learning rate; their running average sits closer to it, and a model evaluated with
+    the averaged weights is usually more accurate than the last iterate.  After each optimizer
+    step, :meth:`update` does, for every parameter ``p`` (``t`` = updates done before this one)::
+
+        d_t  = min(decay, (1 + t) / (10 + t))    the early updates average over fewer steps,
+        avg <- avg + (1 - d_t) * (p - avg)       so the initial weights are soon forgotten
+
+    The average starts as a copy of the parameters and lives in :attr:`average` under their
+    dotted names; training never sees it.  ``with ema.applied(): ...`` puts the averaged values
+    into the model's parameter arrays (in place) for the duration of the block and restores the
+    trained values afterwards, also when the block raises.  ``state_dict()`` /
+    ``load_state_dict()`` carry it through checkpoints.
+
+    Args:
+        model: a :class:`layers.Module` (float32 or float64 parameters).
+        decay: in (0, 1); the average spans about ``1 / (1 - decay)`` steps (0.999: 1000).
+    """
+
+    def __init__(self, model: layers.Module, decay: float = 0.999):
+        if not isinstance(model, layers.Module):
+            raise TypeError(f"model must be a layers.Module, got {type(model).__name__}")
+        self.decay = _check_real("decay", decay, low=0.0, high=1.0, low_open=True, high_open=True)
+        entries = list(model.named_parameters())
+        if not entries:
+            raise ValueError("model has no parameters to average")
+        self.model = model
+        self.t = 0
+        self._names = tuple(n for n, _, _ in entries)
+        self.average: dict[str, np.ndarray] = {n: p.copy() for n, p, _ in entries}
+        self._tmp = {n: np.empty_like(p) for n, p, _ in entries}
+
+    def _params(self) -> list[tuple[str, np.ndarray]]:
+        """The model's current (name, param), checked against the average's names and shapes."""
+        entries = [(n, p) for n, p, _ in self.model.named_parameters()]
+        if tuple(n for n, _ in entries) != self._names:
+            raise RuntimeError("the model's parameters changed since the average was built: "
+                               f"expected {list(self._names)}, got {[n for n, _ in entries]}")
+        for name, p in entries:
+            a = self.average[name]
+            if p.shape != a.shape or p.dtype != a.dtype:
+                raise RuntimeError(f"parameter {name!r} is now {p.dtype}{p.shape}, the average "
+                                   f"holds {a.dtype}{a.shape}")
+        return entries
+
+    def current_decay(self, t: int | None = None) -> float:
+        """``d_t`` of the update that takes the count from ``t`` (default: now) to ``t + 1``."""
+        t = self.t if t is None else t
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    def update(self) -> None:
+        """Fold the model's current parameters into the average (one step)."""
+        rate = 1.0 - self.current_decay()
+        for name, p in self._params():
+            avg, tmp = self.average[name], self._tmp[name]
+            # avg <- avg + (1 - d_t) * (p - avg)
+            np.subtract(p, avg, out=tmp)
+            tmp *= rate
+            avg += tmp
+        self.t += 1
+
+    @contextmanager
+    def applied(self):
+        """Context manager: the model holds the averaged parameters inside the block."""
+        entries = self._params()
+        for name, p in entries:
+            self._tmp[name][...] = p
+            p[...] = self.average[name]
+        try:
+            yield self.model
+        finally:
+            for name, p in entries:
+                p[...] = self._tmp[name]
+
+    def state_dict(self) -> dict:
+        """``decay``, update count ``t`` and a copy of the averaged arrays."""
+        return {"decay": self.decay, "t": self.t,
+                "average": {n: a.copy() for n, a in self.average.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` after checking all of it (names, shapes, finite values);
+        nothing changes unless everything is valid."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = [k for k in ("decay", "t", "average") if k not in state]
+        if missing:
+            raise ValueError(f"state dict lacks the entries {missing}")
+        decay = _check_real("state['decay']", state["decay"], low=0.0, high=1.0, low_open=True,
+                            high_open=True)
+        t = state["t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
+        average = state["average"]
+        if not isinstance(average, Mapping):
+            raise TypeError(f"state['average'] must be a dict of arrays by parameter name, "
+                            f"got {type(average).__name__}")
+        lost = sorted(set(self._names) - set(average))
+        unexpected = sorted(set(average) - set(self._names))
+        if lost or unexpected:
+            raise ValueError(f"state['average'] does not match the model: missing {lost}, "
+                             f"unexpected {unexpected}")
+        for name in self._names:
+            value = np.asarray(average[name])
+            if value.shape != self.average[name].shape:
+                raise ValueError(f"state['average'][{name!r}] has shape {value.shape}, "
+                                 f"expected {self.average[name].shape}")
+            if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
+                raise ValueError(f"state['average'][{name!r}] must hold finite real numbers")
+        self.decay, self.t = decay, int(t)
+        for name in self._names:
+            self.average[name][...] = average[name]
+
+    def __repr__(self) -> str:
+        return (f"ExponentialMovingAverage(decay={self.decay!r}, t={self.t}, "
+                f"parameters={len(self._names)})")

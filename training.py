@@ -43,7 +43,7 @@ import numpy as np
 
 import layers
 import nth_farthest as nf
-from optimizer import Adam, ExponentialDecay
+from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage
 
 MODEL_KINDS = ("rmc", "lstm", "rrnn")
 MODEL_TITLES = {"rmc": "RMC (relational memory core)", "lstm": "LSTM baseline",
@@ -65,7 +65,9 @@ SIZE_KEYS_BY_KIND = {"rmc": _MEMORY_KEYS + ("mlp_hidden",),
 # Task and optimisation settings of a run.
 TRAIN_KEYS = ("num_objects", "num_features", "curriculum", "steps", "batch_size", "lr",
               "lr_decay_rate", "lr_decay_steps", "min_lr", "clip_norm", "eval_size", "eval_seed",
-              "eval_every", "checkpoint_every", "seed", "dtype", "time_budget")
+              "eval_every", "checkpoint_every", "seed", "dtype", "time_budget", "ema_decay")
+# Settings added after runs were first written, with the value that reproduces those runs.
+_LATER_KEYS = {"ema_decay": None}
 # The only settings that --resume may change (none of them changes the training trajectory).
 RESUMABLE_KEYS = ("steps", "time_budget", "eval_every", "checkpoint_every")
 
@@ -92,7 +94,7 @@ _RECIPE_4X4_TRAIN = dict(num_objects=4, num_features=4, curriculum="3x1:2000,3x4
                          steps=150_000, batch_size=128, lr=3e-4, lr_decay_rate=0.5,
                          lr_decay_steps=30_000, min_lr=2e-5, clip_norm=5.0, eval_size=2000,
                          eval_seed=20180606, eval_every=1000, checkpoint_every=2000, seed=0,
-                         dtype="float32", time_budget=1800.0)
+                         dtype="float32", time_budget=1800.0, ema_decay=0.999)
 _RECIPE_4X4_MODELS = {
     "rmc": dict(mem_slots=4, head_size=32, num_heads=2, num_blocks=1, key_size=None,
                 attention_mlp_layers=2, gate_style="unit", mlp_hidden=[256, 256, 256, 256]),
@@ -133,7 +135,7 @@ PRESETS: dict[str, dict] = {
                       batch_size=1600, lr=1e-4, lr_decay_rate=0.9, lr_decay_steps=10_000,
                       min_lr=8e-5, clip_norm=None, eval_size=5000, eval_seed=20180606,
                       eval_every=500, checkpoint_every=1000, seed=0, dtype="float32",
-                      time_budget=None),
+                      time_budget=None, ema_decay=None),
         "models": {
             "rmc": dict(mem_slots=4, head_size=32, num_heads=4, num_blocks=1, key_size=None,
                         attention_mlp_layers=2, gate_style="unit",
@@ -155,7 +157,7 @@ PRESETS: dict[str, dict] = {
                       batch_size=1600, lr=1e-4, lr_decay_rate=0.9, lr_decay_steps=10_000,
                       min_lr=8e-5, clip_norm=None, eval_size=10_000, eval_seed=20180606,
                       eval_every=1000, checkpoint_every=1000, seed=0, dtype="float32",
-                      time_budget=None),
+                      time_budget=None, ema_decay=None),
         "models": {
             "rmc": dict(mem_slots=8, head_size=32, num_heads=8, num_blocks=1, key_size=None,
                         attention_mlp_layers=2, gate_style="unit",
@@ -435,39 +437,52 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 def save_checkpoint(path: str, *, kind: str, model, optimizer: Adam,
                     data_rng: np.random.Generator, step: int, run_config: Mapping,
-                    extra: Mapping | None = None) -> None:
+                    extra: Mapping | None = None,
+                    average: ExponentialMovingAverage | None = None) -> None:
     """Write a checkpoint atomically (np.savez to a temporary file, then os.replace).
 
-    The ``.npz`` holds ``params/<dotted name>``, ``adam_m/<name>``, ``adam_v/<name>`` arrays and
-    ``meta``, a JSON string: format and version, model kind, constructor config and dtype, step,
-    curriculum phase, optimizer state (without moments), the data generator's bit_generator
-    state, the full run config and ``extra`` (wall time, running training statistics).
+    The ``.npz`` holds ``params/<dotted name>``, ``adam_m/<name>``, ``adam_v/<name>`` arrays,
+    ``ema/<name>`` (the averaged parameters, when ``average`` is given) and ``meta``, a JSON
+    string: format and version, model kind, constructor config and dtype, step, curriculum
+    phase, optimizer state (without moments), the average's decay and count, the data
+    generator's bit_generator state, the full run config and ``extra`` (wall time, running
+    training statistics, curriculum state).
     """
     opt_state = optimizer.state_dict()
     arrays = {f"params/{n}": p for n, p, _ in model.named_parameters()}
     arrays.update({f"adam_m/{n}": a for n, a in opt_state.pop("m").items()})
     arrays.update({f"adam_v/{n}": a for n, a in opt_state.pop("v").items()})
+    ema_state = None
+    if average is not None:
+        ema_state = average.state_dict()
+        arrays.update({f"ema/{n}": a for n, a in ema_state.pop("average").items()})
     phases = run_config.get("phases") or [[None, None, None]]
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind,
             "model_config": model.config, "dtype": np.dtype(model.dtype).name, "step": int(step),
             "phase_index": phase_at(phases, max(step - 1, 0)), "optimizer": opt_state,
             "data_rng_state": data_rng.bit_generator.state, "run_config": run_config,
+            "ema": ema_state,
             "numpy_version": np.__version__, **dict(extra or {})}
     arrays["meta"] = np.array(json.dumps(_json_safe(meta)))
     _atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
 
 
-def load_checkpoint(path, *, expect_kind: str | None = None):
+def load_checkpoint(path, *, expect_kind: str | None = None, averaged: bool = True):
     """Load a checkpoint written by training: ``(model, info)``.
 
     Args:
         path: a ``checkpoint.npz`` or a folder holding one (e.g. ``runs/quick/rmc``).
         expect_kind: if given, raise unless the checkpoint holds that model kind.
+        averaged: when the run kept a moving average of the parameters (``--ema-decay``), load
+            those averaged weights -- the ones the held-out accuracy was measured with -- rather
+            than the last training iterate (``averaged=False``, what resuming needs).
 
     Returns the rebuilt model (its class, config and dtype from the checkpoint, parameters
     loaded) and ``info``: a dict with ``kind``, ``model_config``, ``dtype``, ``step``,
-    ``phase_index``, ``run_config``, ``optimizer`` (an ``Adam.state_dict()``), ``data_rng_state``,
-    ``wall_time``, ``path`` and the other stored entries.
+    ``phase_index``, ``run_config``, ``optimizer`` (an ``Adam.state_dict()``), ``ema`` (an
+    ``ExponentialMovingAverage.state_dict()`` or None), ``weights`` (``"averaged"`` or
+    ``"last"``: which ones the model holds), ``data_rng_state``, ``wall_time``, ``path`` and the
+    other stored entries.
 
     Raises :class:`CheckpointError` (a ValueError) with a clear message for a missing, unreadable,
     foreign or inconsistent file.
@@ -502,13 +517,21 @@ def load_checkpoint(path, *, expect_kind: str | None = None):
     if dtype not in ("float32", "float64"):
         raise CheckpointError(f"{path} has an unsupported dtype {dtype!r}")
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    average = {k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")}
+    ema = meta.get("ema")
+    if ema is not None:
+        if not isinstance(ema, dict) or set(average) != set(params):
+            raise CheckpointError(f"{path} has an incomplete parameter average (the ema/ "
+                                  "arrays do not match the parameters)")
+        ema = dict(ema, average=average)
+    use_average = averaged and ema is not None
     try:
         model = model_class(kind)(**meta["model_config"], dtype=dtype,
                                   rng=np.random.default_rng(0))
-        for name, value in params.items():
+        for name, value in [*params.items(), *average.items()]:
             if value.dtype != np.dtype(dtype):
                 raise ValueError(f"parameter {name!r} is {value.dtype}, expected {dtype}")
-        model.load_state_dict(params)
+        model.load_state_dict(average if use_average else params)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} does not match its own {kind} model config: {exc}") \
             from exc
@@ -517,6 +540,8 @@ def load_checkpoint(path, *, expect_kind: str | None = None):
     optimizer["v"] = {k[len("adam_v/"):]: v for k, v in arrays.items() if k.startswith("adam_v/")}
     info = dict(meta)
     info["optimizer"] = optimizer
+    info["ema"] = ema
+    info["weights"] = "averaged" if use_average else "last"
     info["path"] = path
     return model, info
 
@@ -622,8 +647,8 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
 
     Writes ``run_dir/<kind>/metrics.jsonl`` (one JSON line per evaluation and per event) and
     ``run_dir/<kind>/checkpoint.npz`` (every ``checkpoint_every`` steps and when it stops).
-    ``resume_from`` is ``load_checkpoint``'s ``(model, info)`` to continue from; metrics lines
-    past its step are dropped first.
+    ``resume_from`` is ``load_checkpoint(..., averaged=False)``'s ``(model, info)`` to continue
+    from; metrics lines past its step are dropped first.
 
     Stops at ``cfg["steps"]``, at ``cfg["time_budget"]`` seconds of this call, when ``stop``
     is requested, or at a non-finite loss or gradient (then no checkpoint is written: the last
@@ -648,6 +673,9 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
         model, info = resume_from
         optimizer = _make_optimizer(model, cfg)
         optimizer.load_state_dict(info["optimizer"])
+        if info.get("weights") == "averaged":
+            raise CheckpointError("resuming needs the last training iterate: load the "
+                                  "checkpoint with load_checkpoint(..., averaged=False)")
         data_rng = np.random.Generator(np.random.PCG64())
         data_rng.bit_generator.state = info["data_rng_state"]
         step = int(info["step"])
@@ -662,6 +690,15 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
         optimizer = _make_optimizer(model, cfg)
         step, wall0, window, curriculum = 0, 0.0, {}, {}
         mode = "w"
+    # Held-out evaluations use a moving average of the weights when the run keeps one.
+    average = None
+    if cfg.get("ema_decay"):
+        average = ExponentialMovingAverage(model, cfg["ema_decay"])
+        if resume_from is not None:
+            if not info.get("ema"):
+                raise CheckpointError(f"{ckpt_path} holds no parameter average, but the run "
+                                      f"keeps one (ema_decay {cfg['ema_decay']})")
+            average.load_state_dict(info["ema"])
     window = {"loss_sum": float(window.get("loss_sum", 0.0)),
               "count": int(window.get("count", 0)),
               "correct": int(window.get("correct", 0)),
@@ -692,26 +729,35 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
 
         def run_eval(at_step: int, phase: int) -> dict:
             nonlocal last_eval
-            result = evaluate(model, eval_set, K, batch_size=eval_batch)
+            if average is None:
+                result, also = evaluate(model, eval_set, K, batch_size=eval_batch), {}
+            else:
+                with average.applied():
+                    result = evaluate(model, eval_set, K, batch_size=eval_batch)
+                last = evaluate(model, eval_set, K, batch_size=eval_batch)
+                also = {"last_iterate_acc": last["heldout_acc"],
+                        "last_iterate_loss": last["heldout_loss"]}
             k, f = phases[phase][:2]
             entry = {"event": "eval", "step": at_step, "wall_time": wall(), "phase": phase,
                      "active_objects": k, "active_features": f, "lr": last_lr,
                      "train_loss": (window["loss_sum"] / window["count"]
                                     if window["count"] else None),
                      "train_acc": window["correct"] / window["seen"] if window["seen"] else None,
-                     **result}
+                     **result, "weights": "last" if average is None else "averaged", **also}
             record(entry)
             window.update(loss_sum=0.0, count=0, correct=0, seen=0)
             last_eval = entry
             say(f"[{kind}] step {at_step}/{steps}: held-out acc {entry['heldout_acc']:.3f}, "
                 f"held-out loss {_fmt_float(entry['heldout_loss'])}, train loss "
                 f"{_fmt_float(entry['train_loss'])} (phase {phase + 1}/{len(phases)}: "
-                f"{k}x{f}, lr {last_lr:.3g})")
+                f"{k}x{f}, lr {last_lr:.3g})"
+                + ("" if average is None else
+                   f"; averaged weights, last iterate {also['last_iterate_acc']:.3f}"))
             return entry
 
         def save(at_step: int) -> None:
             save_checkpoint(ckpt_path, kind=kind, model=model, optimizer=optimizer,
-                            data_rng=data_rng, step=at_step, run_config=dict(cfg),
+                            data_rng=data_rng, step=at_step, run_config=dict(cfg), average=average,
                             extra={"wall_time": wall(), "train_window": dict(window),
                                    "phase_index": phase,
                                    "curriculum": {"phase": phase, "phase_start": phase_start,
@@ -805,6 +851,8 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                 status = "nan"
                 break
             step += 1
+            if average is not None:
+                average.update()
             last_lr = info["lr"]
             window["loss_sum"] += loss
             window["count"] += 1
@@ -1205,6 +1253,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-norm", type=_optional(_positive_float), metavar="NORM",
                      help="clip the global gradient norm to NORM; none = no clipping "
                           f"(presets: {_preset_values('clip_norm')})")
+    opt.add_argument("--ema-decay", type=_optional(_positive_float), metavar="DECAY",
+                     help="evaluate (and save for load_checkpoint) a moving average of the "
+                          "weights with this decay per step, in (0, 1), e.g. 0.999 (about the "
+                          "last 1000 steps); none = the last iterate "
+                          f"(presets: {_preset_values('ema_decay')})")
     opt.add_argument("--seed", type=_nonneg_int,
                      help=f"seed of the initial parameters and the training data "
                           f"(presets: {_preset_values('seed')})")
@@ -1252,7 +1305,8 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 
 def _cli_value(key: str, value):
     """CLI spellings of 'no value' -> None."""
-    if value == "none" and key in ("clip_norm", "time_budget", "key_size", "gate_style"):
+    if value == "none" and key in ("clip_norm", "time_budget", "key_size", "gate_style",
+                                   "ema_decay"):
         return None
     if key == "time_budget" and value == 0:
         return None
@@ -1276,6 +1330,8 @@ def _check_train_config(cfg: dict) -> None:
             raise UsageError(f"{_option(key)} must be an integer >= 1, got {value!r}")
     if not 0 < cfg["lr_decay_rate"] <= 1:
         raise UsageError(f"--lr-decay-rate must lie in (0, 1], got {cfg['lr_decay_rate']}")
+    if cfg["ema_decay"] is not None and not 0 < cfg["ema_decay"] < 1:
+        raise UsageError(f"--ema-decay must lie in (0, 1) or be none, got {cfg['ema_decay']}")
     if cfg["min_lr"] > cfg["lr"]:
         raise UsageError(f"--min-lr ({cfg['min_lr']}) must not exceed --lr ({cfg['lr']})")
     if cfg["dtype"] not in ("float32", "float64"):
@@ -1353,6 +1409,8 @@ def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
         cfg = read_json(config_path)
         if not isinstance(cfg, dict):
             raise ValueError("not a JSON object")
+        for key, value in _LATER_KEYS.items():
+            cfg.setdefault(key, value)
         missing = [k for k in TRAIN_KEYS + ("models", "model_sizes", "phases") if k not in cfg]
         if missing:
             raise ValueError(f"missing entries {missing}")
@@ -1373,11 +1431,12 @@ def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
         if not os.path.exists(ckpt):
             continue                                  # never checkpointed: starts afresh
         try:
-            model, info = load_checkpoint(ckpt, expect_kind=kind)
+            model, info = load_checkpoint(ckpt, expect_kind=kind, averaged=False)
         except CheckpointError as exc:
             raise UsageError(f"--resume {run_dir}: {exc}") from None
         theirs = info.get("run_config") or {}
-        mismatch = [k for k in TRAIN_KEYS if k not in RESUMABLE_KEYS and theirs.get(k) != cfg[k]]
+        mismatch = [k for k in TRAIN_KEYS if k not in RESUMABLE_KEYS
+                    and theirs.get(k, _LATER_KEYS.get(k)) != cfg[k]]
         if (theirs.get("model_sizes") or {}).get(kind) != cfg["model_sizes"].get(kind):
             mismatch.append("model_sizes")
         if mismatch:

@@ -260,6 +260,9 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(tmp_path, capsys):
     (["--model", "lstm", "--num-heads", "2"], "--num-heads applies to rmc/rrnn"),
     (["--mlp-hidden", "16,x"], "--mlp-hidden"),
     (["--dtype", "float16"], "--dtype"),
+    (["--ema-decay", "1.5"], "--ema-decay must lie in (0, 1)"),
+    (["--ema-decay", "x"], "--ema-decay"),
+    (["--curriculum", "3x1:10@1.2,4x4"], "fraction in (0, 1]"),
     (["--resume", "x", "--lr", "0.1"], "cannot be combined with --lr"),
 ])
 def test_bad_arguments_exit_non_zero_before_writing_anything(tmp_path, capsys, argv, message):
@@ -490,3 +493,47 @@ def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps
     path = plots.plot_learning_curves({"rmc": lines(4), "lstm": lines(12)},
                                       tmp_path / "curves.png", chance=1 / 3)
     assert os.path.getsize(path) > 0
+
+
+
+# --------------------------------------------------------------------------------------------
+# Averaged weights
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluation_and_load_checkpoint_use_the_averaged_weights(tmp_path):
+    out = tmp_path / "a"
+    assert run_cli(["--model", "lstm", "--steps", 12, "--out", out, *LSTM,
+                    "--ema-decay", "0.9"]) == 0
+    evals = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
+    assert all(e["weights"] == "averaged" and "last_iterate_acc" in e for e in evals)
+    model, info = load_checkpoint(out / "lstm")
+    assert info["weights"] == "averaged" and info["ema"]["t"] == 12
+    assert info["ema"]["decay"] == 0.9
+    raw, raw_info = load_checkpoint(out / "lstm", averaged=False)
+    assert raw_info["weights"] == "last"
+    differ = 0
+    for name, value in model.parameters().items():
+        assert np.array_equal(value, info["ema"]["average"][name])
+        differ += not np.array_equal(value, raw.parameters()[name])
+    assert differ > 0                  # the average is not the last iterate
+    # the last evaluation's accuracy is that of the averaged weights
+    final = training.evaluate(model, nf.make_eval_set(info["run_config"]["eval_seed"], 64, 4, 4,
+                                                      dtype=np.float32), 4)
+    assert final["heldout_acc"] == evals[-1]["heldout_acc"]
+
+
+def test_without_averaging_the_checkpoint_holds_the_last_iterate_and_old_runs_resume(tmp_path):
+    out = tmp_path / "n"
+    assert run_cli(["--model", "lstm", "--steps", 6, "--out", out, *LSTM,
+                    "--ema-decay", "none"]) == 0
+    evals = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
+    assert all(e["weights"] == "last" and "last_iterate_acc" not in e for e in evals)
+    _, info = load_checkpoint(out / "lstm")
+    assert info["ema"] is None and info["weights"] == "last"
+    # a run folder written before --ema-decay existed has no such key: it resumes without one
+    config = json.loads((out / "run_config.json").read_text())
+    del config["ema_decay"]
+    (out / "run_config.json").write_text(json.dumps(config))
+    assert run_cli(["--resume", out, "--steps", 10, *QUIET]) == 0
+    assert load_checkpoint(out / "lstm")[1]["step"] == 10

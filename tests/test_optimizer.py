@@ -6,7 +6,8 @@ import pytest
 
 import layers
 import optimizer
-from optimizer import Adam, ConstantLR, ExponentialDecay, clip_global_norm
+from optimizer import (Adam, ConstantLR, ExponentialDecay, ExponentialMovingAverage,
+                       clip_global_norm)
 
 
 class Vector(layers.Module):
@@ -510,3 +511,93 @@ def test_changed_parameter_set_is_detected():
     model.children["a"].add_param("extra", np.ones(2))
     with pytest.raises(RuntimeError, match="changed"):
         opt.step()
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter averaging
+# --------------------------------------------------------------------------------------------
+
+
+def test_moving_average_matches_the_update_rule_by_hand():
+    model = Vector([1.0, -2.0])
+    ema = ExponentialMovingAverage(model, decay=0.95)
+    p = model.params["p"]
+    expected = p.copy()
+    for t, value in enumerate(([3.0, 0.0], [5.0, 4.0], [-1.0, 2.0])):
+        p[...] = value
+        d = min(0.95, (1 + t) / (10 + t))                 # 0.1, 2/11, 3/12
+        expected = expected + (1 - d) * (np.array(value) - expected)
+        ema.update()
+        np.testing.assert_allclose(ema.average["p"], expected, rtol=0, atol=1e-15)
+    assert ema.t == 3 and ema.current_decay(10 ** 6) == 0.95
+
+
+def test_moving_average_of_a_constant_stays_put_and_smooths_noise():
+    rng = np.random.default_rng(0)
+    model = Vector(np.zeros(200))
+    ema = ExponentialMovingAverage(model, decay=0.99)
+    for _ in range(3000):
+        model.params["p"][...] = 1.0 + rng.standard_normal(200)   # iterates jitter around 1
+        ema.update()
+    # the average's spread is about sqrt((1 - d) / (1 + d)) ~ 0.07 of one iterate's
+    assert abs(ema.average["p"].mean() - 1.0) < 0.02
+    assert ema.average["p"].std() < 0.15
+
+
+def test_applied_swaps_in_the_average_and_restores_even_on_error():
+    model = Pair(dtype=np.float32)
+    ema = ExponentialMovingAverage(model, decay=0.9)
+    trained = {n: p.copy() for n, p in model.parameters().items()}
+    ema.average["a.p"][...] = 7.0
+    arrays = model.parameters()
+    with ema.applied() as inside:
+        assert inside is model
+        assert np.all(model.parameters()["a.p"] == 7.0)
+        assert model.parameters()["a.p"] is arrays["a.p"]           # in place, same arrays
+    for name, value in trained.items():
+        assert np.array_equal(model.parameters()[name], value)
+    with pytest.raises(KeyError):
+        with ema.applied():
+            raise KeyError("boom")
+    for name, value in trained.items():
+        assert np.array_equal(model.parameters()[name], value)
+    assert model.parameters()["a.p"].dtype == np.float32
+
+
+def test_moving_average_state_dict_round_trips_and_bad_states_change_nothing():
+    model = Pair()
+    ema = ExponentialMovingAverage(model, decay=0.99)
+    for _ in range(5):
+        for p in model.parameters().values():
+            p += 0.1
+        ema.update()
+    state = ema.state_dict()
+    other = ExponentialMovingAverage(Pair(), decay=0.5)
+    other.load_state_dict(state)
+    assert other.t == 5 and other.decay == 0.99
+    for name in state["average"]:
+        assert np.array_equal(other.average[name], ema.average[name])
+    fresh = ExponentialMovingAverage(Pair(), decay=0.5)
+    before = {n: a.copy() for n, a in fresh.average.items()}
+    bad_states = [
+        ({**state, "average": {"a.p": state["average"]["a.p"]}}, ValueError, "missing"),
+        ({**state, "average": {**state["average"], "b.p": np.zeros(3)}}, ValueError, "shape"),
+        ({**state, "average": {**state["average"], "a.p": np.full(3, np.nan)}}, ValueError,
+         "finite"),
+        ({**state, "decay": 1.0}, ValueError, "decay"),
+        ({**state, "t": -1}, ValueError, "t"),
+        ({"decay": 0.9}, ValueError, "lacks"),
+    ]
+    for bad, error, match in bad_states:
+        with pytest.raises(error, match=match):
+            fresh.load_state_dict(bad)
+    assert fresh.t == 0 and fresh.decay == 0.5
+    for name, value in before.items():
+        assert np.array_equal(fresh.average[name], value)
+
+
+@pytest.mark.parametrize("decay, error", [(1.0, ValueError), (0.0, ValueError),
+                                          (float("nan"), ValueError), ("0.9", TypeError)])
+def test_moving_average_rejects_bad_decay(decay, error):
+    with pytest.raises(error, match="decay"):
+        ExponentialMovingAverage(Vector([1.0]), decay=decay)
