@@ -907,8 +907,10 @@ def run_checkpoint(args, out=print) -> list[str]:
     label = KIND_LABELS[kind]
     out(section(f"{label} {'state' if kind == 'lstm' else 'memory'}-evolution analysis of a "
                 f"trained checkpoint"))
+    averaged = info.get("weights") == "averaged"
+    weights = " (weights averaged over the last steps)" if averaged else ""
     out(header("checkpoint", f"{info['path']}: {info['dtype']}, at training step "
-                             f"{info['step']}"))
+                             f"{info['step']}{weights}"))
     out(header("model", describe_model(model)))
     out(header("task", f"N-th Farthest, {K} objects x {F} features, chance accuracy 1/{K} = "
                        f"{1 / K:.3f}"))
