@@ -17,6 +17,7 @@ Shape letters used in docstrings: B batch, T time, N memory slots, D features, H
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import Iterator
 
 import numpy as np
@@ -75,6 +76,26 @@ def check_array(name: str, x, *, ndim: int | None = None, last_dim: int | None =
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
     return x
+
+
+def check_named_arrays(label: str, entry, shapes, *, finite: bool = False) -> None:
+    """Check that ``entry`` maps exactly the parameter names of ``shapes`` (name -> shape) to
+    arrays of those shapes, holding finite real numbers if ``finite``: the per-parameter arrays
+    of a state dict.  ValueError (TypeError for a non-dict) naming ``label``."""
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{label} must be a dict of arrays by parameter name, "
+                        f"got {type(entry).__name__}")
+    lost = sorted(set(shapes) - set(entry))
+    unexpected = sorted(set(entry) - set(shapes))
+    if lost or unexpected:
+        raise ValueError(f"{label} does not match the model: missing {lost}, "
+                         f"unexpected {unexpected}")
+    for name, expected in shapes.items():
+        value = np.asarray(entry[name])
+        if value.shape != expected:
+            raise ValueError(f"{label}[{name!r}] has shape {value.shape}, expected {expected}")
+        if finite and (value.dtype.kind not in "fiu" or not np.isfinite(value).all()):
+            raise ValueError(f"{label}[{name!r}] must hold finite real numbers")
 
 
 def check_same_batch(**arrays: np.ndarray) -> None:
@@ -354,16 +375,7 @@ class Module:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Copy ``state`` into the parameters in place, after checking names and shapes."""
         params = self.parameters()
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ValueError(f"state dict does not match the model: missing {missing}, "
-                             f"unexpected {unexpected}")
-        for name, p in params.items():
-            value = np.asarray(state[name])
-            if value.shape != p.shape:
-                raise ValueError(f"state dict entry {name!r} has shape {value.shape}, "
-                                 f"expected {p.shape}")
+        check_named_arrays("state dict", state, {n: p.shape for n, p in params.items()})
         for name, p in params.items():
             p[...] = state[name]
 

@@ -234,6 +234,19 @@ def _schedule_config(schedule):
 # --------------------------------------------------------------------------------------------
 
 
+def _check_state_header(state, keys) -> int:
+    """Check a state dict's type, that it holds ``keys``, and its step count ``state['t']``."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"state dict lacks the entries {missing}")
+    t = state["t"]
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+        raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
+    return int(t)
+
+
 def _check_hyperparameters(lr, betas, eps, weight_decay, clip_norm) -> dict:
     """Validate Adam's hyperparameters; return them as plain Python floats."""
     lr = _check_real("lr", lr, low=0.0, low_open=True)
@@ -449,14 +462,7 @@ class Adam:
         unless everything is valid.  Together with the model's own ``load_state_dict`` this
         resumes training bit-exactly.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        missing = [k for k in ("t", "m", "v") if k not in state]
-        if missing:
-            raise ValueError(f"state dict lacks the entries {missing}")
-        t = state["t"]
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
-            raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
+        t = _check_state_header(state, ("t", "m", "v"))
 
         hyper = _check_hyperparameters(
             state.get("lr", self.lr), state.get("betas", self.betas), state.get("eps", self.eps),
@@ -473,32 +479,17 @@ class Adam:
             else:
                 schedule = schedule_from_config(config)
 
-        moments = {}
+        shapes = {name: self.m[name].shape for name in self._names}
         for key in ("m", "v"):
-            entry = state[key]
-            if not isinstance(entry, Mapping):
-                raise TypeError(f"state[{key!r}] must be a dict of arrays by parameter name, "
-                                f"got {type(entry).__name__}")
-            lost = sorted(set(self._names) - set(entry))
-            unexpected = sorted(set(entry) - set(self._names))
-            if lost or unexpected:
-                raise ValueError(f"state[{key!r}] does not match the model: missing {lost}, "
-                                 f"unexpected {unexpected}")
-            for name in self._names:
-                value = np.asarray(entry[name])
-                expected = self.m[name].shape
-                if value.shape != expected:
-                    raise ValueError(f"state[{key!r}][{name!r}] has shape {value.shape}, "
-                                     f"expected {expected}")
-                if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
-                    raise ValueError(f"state[{key!r}][{name!r}] must hold finite real numbers")
-                if key == "v" and (value < 0).any():
-                    raise ValueError(f"state['v'][{name!r}] must be >= 0 (a second moment)")
-            moments[key] = entry
+            layers.check_named_arrays(f"state[{key!r}]", state[key], shapes, finite=True)
+        for name in self._names:
+            if (np.asarray(state["v"][name]) < 0).any():
+                raise ValueError(f"state['v'][{name!r}] must be >= 0 (a second moment)")
+        moments = {"m": state["m"], "v": state["v"]}
 
         self._set_hyperparameters(hyper)
         self.schedule = schedule
-        self.t = int(t)
+        self.t = t
         for name in self._names:
             self.m[name][...] = moments["m"][name]
             self.v[name][...] = moments["v"][name]
@@ -599,33 +590,14 @@ class ExponentialMovingAverage:
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a :meth:`state_dict` after checking all of it (names, shapes, finite values);
         nothing changes unless everything is valid."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        missing = [k for k in ("decay", "t", "average") if k not in state]
-        if missing:
-            raise ValueError(f"state dict lacks the entries {missing}")
+        t = _check_state_header(state, ("decay", "t", "average"))
         decay = _check_real("state['decay']", state["decay"], low=0.0, high=1.0, low_open=True,
                             high_open=True)
-        t = state["t"]
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
-            raise ValueError(f"state['t'] must be an integer >= 0, got {t!r}")
+        layers.check_named_arrays("state['average']", state["average"],
+                                  {name: a.shape for name, a in self.average.items()},
+                                  finite=True)
         average = state["average"]
-        if not isinstance(average, Mapping):
-            raise TypeError(f"state['average'] must be a dict of arrays by parameter name, "
-                            f"got {type(average).__name__}")
-        lost = sorted(set(self._names) - set(average))
-        unexpected = sorted(set(average) - set(self._names))
-        if lost or unexpected:
-            raise ValueError(f"state['average'] does not match the model: missing {lost}, "
-                             f"unexpected {unexpected}")
-        for name in self._names:
-            value = np.asarray(average[name])
-            if value.shape != self.average[name].shape:
-                raise ValueError(f"state['average'][{name!r}] has shape {value.shape}, "
-                                 f"expected {self.average[name].shape}")
-            if value.dtype.kind not in "fiu" or not np.isfinite(value).all():
-                raise ValueError(f"state['average'][{name!r}] must hold finite real numbers")
-        self.decay, self.t = decay, int(t)
+        self.decay, self.t = decay, t
         for name in self._names:
             self.average[name][...] = average[name]
 
