@@ -463,6 +463,8 @@ def save_checkpoint(path: str, *, kind: str, model, optimizer: Adam,
     if average is not None:
         ema_state = average.state_dict()
         arrays.update({f"ema/{n}": a for n, a in ema_state.pop("average").items()})
+    # The training loop passes the phase it is in (gated phases end at no fixed step);
+    # other callers get the phase of a fixed schedule.
     phases = run_config.get("phases") or [[None, None, None]]
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind,
             "model_config": model.config, "dtype": np.dtype(model.dtype).name, "step": int(step),
@@ -767,7 +769,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                             data_rng=data_rng, step=at_step, run_config=dict(cfg), average=average,
                             extra={"wall_time": wall(), "train_window": dict(window),
                                    "phase_index": phase,
-                                   "curriculum": {"phase": phase, "phase_start": phase_start,
+                                   "curriculum": {"phase_start": phase_start,
                                                   "gate": dict(gate)}})
 
         if resume_from is not None:
@@ -778,9 +780,9 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                 f"{steps} steps of batch {B}")
         phase = phase_start = None
         if step > 0:
+            phase = int(info["phase_index"])
             # Checkpoints written before gates existed hold no curriculum entry: their phases
-            # changed at fixed steps.
-            phase = int(curriculum.get("phase", phase_at(phases, step - 1)))
+            # began at fixed steps.
             phase_start = int(curriculum.get("phase_start", phase_starts(phases)[phase]))
 
         def enter_phase(at_step: int) -> None:

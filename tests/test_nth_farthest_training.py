@@ -373,8 +373,9 @@ def test_gated_curriculum_resumes_exactly_mid_window(tmp_path, monkeypatch):
     assert run_cli([*argv, "--out", full]) == 0
     assert phase_events(full / "lstm") == [(0, 3, None), (2, 3, "steps"), (10, 4, "accuracy")]
     assert run_cli([*argv, "--out", cut, "--steps", 8]) == 0
-    state = load_checkpoint(cut / "lstm")[1]["curriculum"]
-    assert (state["phase"], state["phase_start"], state["gate"]["steps"]) == (1, 2, 2)
+    info = load_checkpoint(cut / "lstm")[1]
+    state = info["curriculum"]
+    assert (info["phase_index"], state["phase_start"], state["gate"]["steps"]) == (1, 2, 2)
     assert run_cli(["--resume", cut, "--steps", 16, *QUIET]) == 0
     assert phase_events(cut / "lstm") == phase_events(full / "lstm")
     p_full, _ = params_of(full / "lstm")
