@@ -8,7 +8,7 @@ names.  Every update is done *in place* (``p -= ...``) so any other holder of a 
 
 * :func:`clip_global_norm` -- scale a set of gradients so that their joint L2 norm is at most
   ``max_norm``; returns the norm before clipping.
-* :class:`ConstantLR`, :class:`ExponentialDecay` -- callables ``lr(step)``; stateless, so
+* :class:`ConstantLR`, :class:`ExponentialDecay`, :class:`LinearDecay` -- callables ``lr(step)``; stateless, so
   their ``config()`` is all a checkpoint needs (:func:`schedule_from_config` rebuilds them).
 * :class:`Adam` -- Adam with bias correction and optional decoupled (AdamW-style) weight decay,
   clipping and schedule; ``state_dict()`` / ``load_state_dict()`` resume training bit-exactly.
@@ -38,8 +38,8 @@ import layers
 # Elements per chunk when a float32 gradient is cast to float64 for the norm (2 MiB buffer).
 _NORM_CHUNK = 1 << 18
 
-__all__ = ["clip_global_norm", "ConstantLR", "ExponentialDecay", "schedule_from_config", "Adam",
-           "ExponentialMovingAverage"]
+__all__ = ["clip_global_norm", "ConstantLR", "ExponentialDecay", "LinearDecay",
+           "schedule_from_config", "Adam", "ExponentialMovingAverage"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,11 +204,52 @@ class ExponentialDecay:
                 f"decay_steps={self.decay_steps!r}, min_lr={self.min_lr!r})")
 
 
-_SCHEDULES = {"ConstantLR": ConstantLR, "ExponentialDecay": ExponentialDecay}
+class LinearDecay:
+    """``lr(step) = (1 - s) * initial_lr + s * min_lr`` with ``s = min(1, step / decay_steps)``.
+
+    A straight line from ``initial_lr`` at step 0 down to ``min_lr`` at step ``decay_steps``,
+    constant after it.  For a run of a known length, ``decay_steps`` = the run's steps and
+    ``min_lr`` = 0 anneal all the way at the end while keeping the rate high for longer than an
+    exponential decay does.
+
+    Arguments: ``initial_lr > 0``; ``decay_steps`` an integer >= 1; ``0 <= min_lr <=
+    initial_lr``.
+
+        >>> sched = LinearDecay(3e-4, decay_steps=100_000)
+        >>> sched(0), round(sched(50_000), 12), sched(100_000), sched(200_000)
+        (0.0003, 0.00015, 0.0, 0.0)
+    """
+
+    def __init__(self, initial_lr: float, decay_steps: int, min_lr: float = 0.0):
+        self.initial_lr = _check_real("initial_lr", initial_lr, low=0.0, low_open=True)
+        self.decay_steps = layers.check_positive_int("decay_steps", decay_steps)
+        self.min_lr = _check_real("min_lr", min_lr, low=0.0)
+        if self.min_lr > self.initial_lr:
+            raise ValueError(f"min_lr must be <= initial_lr ({self.initial_lr}), "
+                             f"got {self.min_lr}")
+
+    def __call__(self, step: int) -> float:
+        step = _check_step(step)
+        done = min(1.0, step / self.decay_steps)
+        return (1.0 - done) * self.initial_lr + done * self.min_lr
+
+    def config(self) -> dict:
+        """Everything needed to rebuild the schedule (it has no state besides this)."""
+        return {"type": "LinearDecay", "initial_lr": self.initial_lr,
+                "decay_steps": self.decay_steps, "min_lr": self.min_lr}
+
+    def __repr__(self) -> str:
+        return (f"LinearDecay(initial_lr={self.initial_lr!r}, decay_steps={self.decay_steps!r}, "
+                f"min_lr={self.min_lr!r})")
+
+
+_SCHEDULES = {"ConstantLR": ConstantLR, "ExponentialDecay": ExponentialDecay,
+              "LinearDecay": LinearDecay}
 
 
 def schedule_from_config(config: Mapping):
-    """Rebuild a :class:`ConstantLR` or :class:`ExponentialDecay` from its ``config()``."""
+    """Rebuild a :class:`ConstantLR`, :class:`ExponentialDecay` or :class:`LinearDecay` from its
+    ``config()``."""
     if not isinstance(config, Mapping) or config.get("type") not in _SCHEDULES:
         raise ValueError(f"config must be a dict with 'type' in {sorted(_SCHEDULES)}, "
                          f"got {config!r}")

@@ -43,7 +43,7 @@ import numpy as np
 
 import layers
 import nth_farthest as nf
-from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage
+from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDecay
 
 MODEL_KINDS = ("rmc", "lstm", "rrnn")
 MODEL_TITLES = {"rmc": "RMC (relational memory core)", "lstm": "LSTM baseline",
@@ -64,10 +64,12 @@ SIZE_KEYS_BY_KIND = {"rmc": _MEMORY_KEYS + ("mlp_hidden",),
 
 # Task and optimisation settings of a run.
 TRAIN_KEYS = ("num_objects", "num_features", "curriculum", "steps", "batch_size", "lr",
-              "lr_decay_rate", "lr_decay_steps", "min_lr", "clip_norm", "eval_size", "eval_seed",
-              "eval_every", "checkpoint_every", "seed", "dtype", "time_budget", "ema_decay")
+              "lr_schedule", "lr_decay_rate", "lr_decay_steps", "min_lr", "clip_norm",
+              "eval_size", "eval_seed", "eval_every", "checkpoint_every", "seed", "dtype",
+              "time_budget", "ema_decay")
+LR_SCHEDULES = ("exponential", "linear")
 # Settings added after runs were first written, with the value that reproduces those runs.
-_LATER_KEYS = {"ema_decay": None}
+_LATER_KEYS = {"ema_decay": None, "lr_schedule": "exponential"}
 # The only settings that --resume may change (none of them changes the training trajectory).
 RESUMABLE_KEYS = ("steps", "time_budget", "eval_every", "checkpoint_every")
 
@@ -96,9 +98,10 @@ EVAL_BATCH = 1000          # held-out examples per forward pass during evaluatio
 # finished 30-minute RMC run was continued at its final learning rate).
 _RECIPE_4X4_TRAIN = dict(num_objects=4, num_features=4,
                          curriculum="3x1:10000@0.9,3x4:10000@0.9,4x4",
-                         steps=150_000, batch_size=128, lr=3e-4, lr_decay_rate=0.5,
-                         lr_decay_steps=30_000, min_lr=2e-5, clip_norm=5.0, eval_size=2000,
-                         eval_seed=20180606, eval_every=1000, checkpoint_every=2000, seed=0,
+                         steps=150_000, batch_size=128, lr=3e-4, lr_schedule="exponential",
+                         lr_decay_rate=0.5, lr_decay_steps=30_000, min_lr=2e-5, clip_norm=5.0,
+                         eval_size=2000, eval_seed=20180606, eval_every=1000,
+                         checkpoint_every=2000, seed=0,
                          dtype="float32", time_budget=1800.0, ema_decay=0.999)
 _RECIPE_4X4_MODELS = {
     "rmc": dict(mem_slots=4, head_size=32, num_heads=2, num_blocks=1, key_size=None,
@@ -139,7 +142,8 @@ PRESETS: dict[str, dict] = {
                    "32, 1 block, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5, no "
                    "curriculum, 100 000 steps (hours to days on a CPU)",
         "train": dict(num_objects=4, num_features=4, curriculum=None, steps=100_000,
-                      batch_size=1600, lr=1e-4, lr_decay_rate=0.9, lr_decay_steps=10_000,
+                      batch_size=1600, lr=1e-4, lr_schedule="exponential",
+                      lr_decay_rate=0.9, lr_decay_steps=10_000,
                       min_lr=8e-5, clip_norm=None, eval_size=5000, eval_seed=20180606,
                       eval_every=500, checkpoint_every=1000, seed=0, dtype="float32",
                       time_budget=None, ema_decay=None),
@@ -161,7 +165,8 @@ PRESETS: dict[str, dict] = {
                    "no curriculum, 1 000 000 steps (GPU reproductions took 50-140 h; on a CPU "
                    "use --time-budget and --resume)",
         "train": dict(num_objects=8, num_features=16, curriculum=None, steps=1_000_000,
-                      batch_size=1600, lr=1e-4, lr_decay_rate=0.9, lr_decay_steps=10_000,
+                      batch_size=1600, lr=1e-4, lr_schedule="exponential",
+                      lr_decay_rate=0.9, lr_decay_steps=10_000,
                       min_lr=8e-5, clip_norm=None, eval_size=10_000, eval_seed=20180606,
                       eval_every=1000, checkpoint_every=1000, seed=0, dtype="float32",
                       time_budget=None, ema_decay=None),
@@ -644,8 +649,11 @@ class StopRequest:
 
 
 def _make_optimizer(model, cfg: Mapping) -> Adam:
-    schedule = ExponentialDecay(cfg["lr"], decay_rate=cfg["lr_decay_rate"],
-                                decay_steps=cfg["lr_decay_steps"], min_lr=cfg["min_lr"])
+    if cfg["lr_schedule"] == "linear":
+        schedule = LinearDecay(cfg["lr"], decay_steps=cfg["lr_decay_steps"], min_lr=cfg["min_lr"])
+    else:
+        schedule = ExponentialDecay(cfg["lr"], decay_rate=cfg["lr_decay_rate"],
+                                    decay_steps=cfg["lr_decay_steps"], min_lr=cfg["min_lr"])
     return Adam(model, lr=cfg["lr"], clip_norm=cfg["clip_norm"], schedule=schedule)
 
 
@@ -1252,11 +1260,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"examples per step (presets: {_preset_values('batch_size')})")
     opt.add_argument("--lr", type=_positive_float,
                      help=f"initial Adam learning rate (presets: {_preset_values('lr')})")
+    opt.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                     help="exponential: lr x RATE every --lr-decay-steps (smoothly) down to "
+                          "--min-lr; linear: a straight line from --lr to --min-lr over "
+                          "--lr-decay-steps, then constant (--lr-decay-rate unused) "
+                          f"(presets: {_preset_values('lr_schedule')})")
     opt.add_argument("--lr-decay-rate", type=_positive_float, metavar="RATE",
-                     help="lr multiplied by RATE every --lr-decay-steps (smoothly), in (0, 1] "
-                          f"(presets: {_preset_values('lr_decay_rate')})")
+                     help="exponential schedule: lr multiplied by RATE every --lr-decay-steps "
+                          f"(smoothly), in (0, 1] (presets: {_preset_values('lr_decay_rate')})")
     opt.add_argument("--lr-decay-steps", type=_positive_int, metavar="N",
-                     help=f"(presets: {_preset_values('lr_decay_steps')})")
+                     help="exponential: steps per factor RATE; linear: steps to reach --min-lr "
+                          f"(presets: {_preset_values('lr_decay_steps')})")
     opt.add_argument("--min-lr", type=_nonneg_float, metavar="LR",
                      help=f"floor of the decaying lr (presets: {_preset_values('min_lr')})")
     opt.add_argument("--clip-norm", type=_optional(_positive_float), metavar="NORM",
@@ -1337,6 +1351,9 @@ def _check_train_config(cfg: dict) -> None:
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{_option(key)} must be an integer >= 1, got {value!r}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                         f"got {cfg['lr_schedule']!r}")
     if not 0 < cfg["lr_decay_rate"] <= 1:
         raise UsageError(f"--lr-decay-rate must lie in (0, 1], got {cfg['lr_decay_rate']}")
     if cfg["ema_decay"] is not None and not 0 < cfg["ema_decay"] < 1:

@@ -257,6 +257,7 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(tmp_path, capsys):
     (["--lr", "0"], "--lr"),
     (["--lr", "0.01", "--min-lr", "0.1"], "--min-lr"),
     (["--lr-decay-rate", "1.5"], "--lr-decay-rate"),
+    (["--lr-schedule", "cosine"], "--lr-schedule"),
     (["--model", "lstm", "--num-heads", "2"], "--num-heads applies to rmc/rrnn"),
     (["--mlp-hidden", "16,x"], "--mlp-hidden"),
     (["--dtype", "float16"], "--dtype"),
@@ -538,3 +539,18 @@ def test_without_averaging_the_checkpoint_holds_the_last_iterate_and_old_runs_re
     (out / "run_config.json").write_text(json.dumps(config))
     assert run_cli(["--resume", out, "--steps", 10, *QUIET]) == 0
     assert load_checkpoint(out / "lstm")[1]["step"] == 10
+
+
+def test_linear_schedule_reaches_its_floor_and_resumes_with_it(tmp_path):
+    out = tmp_path / "lin"
+    assert run_cli(["--model", "lstm", "--steps", 10, "--out", out, *LSTM, "--lr", "1e-3",
+                    "--lr-schedule", "linear", "--lr-decay-steps", 10, "--min-lr", "1e-4"]) == 0
+    evals = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
+    # the lr logged at step s is the one the step s-1 -> s used: 1e-3 - 9e-5 (s - 1)
+    for e in evals[1:]:
+        assert e["lr"] == pytest.approx(1e-3 - 9e-5 * (e["step"] - 1), rel=1e-12)
+    _, info = load_checkpoint(out / "lstm")
+    assert info["run_config"]["lr_schedule"] == "linear"
+    assert run_cli(["--resume", out, "--steps", 14, *QUIET]) == 0
+    last = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
+    assert last[-1]["step"] == 14 and last[-1]["lr"] == pytest.approx(1e-4, rel=1e-12)

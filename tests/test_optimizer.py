@@ -6,7 +6,7 @@ import pytest
 
 import layers
 import optimizer
-from optimizer import (Adam, ConstantLR, ExponentialDecay, ExponentialMovingAverage,
+from optimizer import (Adam, ConstantLR, ExponentialDecay, ExponentialMovingAverage, LinearDecay,
                        clip_global_norm)
 
 
@@ -287,8 +287,35 @@ def test_exponential_decay_values_and_floor():
     assert ConstantLR(2e-3)(0) == ConstantLR(2e-3)(10 ** 6) == 2e-3
 
 
+def test_linear_decay_values_and_floor():
+    sched = LinearDecay(3e-4, decay_steps=1000, min_lr=1e-5)
+    assert sched(0) == 3e-4
+    assert sched(250) == pytest.approx(0.75 * 3e-4 + 0.25 * 1e-5, rel=1e-14)
+    assert sched(500) == pytest.approx(1.55e-4, rel=1e-14)
+    assert sched(1000) == 1e-5 and sched(10 ** 9) == 1e-5     # exactly the floor, then flat
+    values = [sched(s) for s in range(0, 1200, 10)]
+    steps = np.diff(values[:101])                             # a straight line until the floor
+    assert np.allclose(steps, steps[0], rtol=1e-9, atol=0) and steps[0] < 0
+    assert LinearDecay(1e-3, decay_steps=10)(10) == 0.0       # default floor: zero
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(initial_lr=0.0, decay_steps=10), ValueError, "initial_lr"),
+    (dict(initial_lr=1e-3, decay_steps=0), ValueError, "decay_steps"),
+    (dict(initial_lr=1e-3, decay_steps=2.5), TypeError, "decay_steps"),
+    (dict(initial_lr=1e-3, decay_steps=10, min_lr=-1e-5), ValueError, "min_lr"),
+    (dict(initial_lr=1e-3, decay_steps=10, min_lr=1e-2), ValueError, "min_lr"),
+])
+def test_linear_decay_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LinearDecay(**kwargs)
+    with pytest.raises(ValueError, match="step"):
+        LinearDecay(1e-3, 10)(-1)
+
+
 def test_schedule_configs_rebuild_the_same_schedule():
-    for sched in (ExponentialDecay(1e-3, 0.5, 7, 1e-5), ConstantLR(0.01)):
+    for sched in (ExponentialDecay(1e-3, 0.5, 7, 1e-5), ConstantLR(0.01),
+                  LinearDecay(1e-3, 50, 1e-5)):
         again = optimizer.schedule_from_config(sched.config())
         assert type(again) is type(sched)
         assert [again(s) for s in range(0, 100, 9)] == [sched(s) for s in range(0, 100, 9)]
