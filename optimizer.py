@@ -143,8 +143,33 @@ def clip_global_norm(grads: Iterable[np.ndarray], max_norm: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-class ConstantLR:
+class _Schedule:
+    """What the stateless schedules share: ``config()`` and ``repr`` from ``_fields``."""
+
+    _fields: tuple[str, ...] = ()
+
+    def config(self) -> dict:
+        """Everything needed to rebuild the schedule (it has no state besides this)."""
+        return {"type": type(self).__name__, **{f: getattr(self, f) for f in self._fields}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({args})"
+
+    def _check_decay(self, initial_lr, decay_steps, min_lr) -> None:
+        """Check and set the arguments every decaying schedule takes."""
+        self.initial_lr = _check_real("initial_lr", initial_lr, low=0.0, low_open=True)
+        self.decay_steps = layers.check_positive_int("decay_steps", decay_steps)
+        self.min_lr = _check_real("min_lr", min_lr, low=0.0)
+        if self.min_lr > self.initial_lr:
+            raise ValueError(f"min_lr must be <= initial_lr ({self.initial_lr}), "
+                             f"got {self.min_lr}")
+
+
+class ConstantLR(_Schedule):
     """``lr(step) = lr`` for every step >= 0."""
+
+    _fields = ("lr",)
 
     def __init__(self, lr: float):
         self.lr = _check_real("lr", lr, low=0.0, low_open=True)
@@ -153,15 +178,8 @@ class ConstantLR:
         _check_step(step)
         return self.lr
 
-    def config(self) -> dict:
-        """Everything needed to rebuild the schedule (it has no state besides this)."""
-        return {"type": "ConstantLR", "lr": self.lr}
 
-    def __repr__(self) -> str:
-        return f"ConstantLR(lr={self.lr!r})"
-
-
-class ExponentialDecay:
+class ExponentialDecay(_Schedule):
     """``lr(step) = max(min_lr, initial_lr * decay_rate ** (step / decay_steps))``.
 
     Smooth (not staircase) decay: the rate is multiplied by ``decay_rate`` every
@@ -179,32 +197,19 @@ class ExponentialDecay:
         (0.0001, 9.5e-05, 8e-05)
     """
 
+    _fields = ("initial_lr", "decay_rate", "decay_steps", "min_lr")
+
     def __init__(self, initial_lr: float, decay_rate: float = 1.0, decay_steps: int = 1,
                  min_lr: float = 0.0):
-        self.initial_lr = _check_real("initial_lr", initial_lr, low=0.0, low_open=True)
         self.decay_rate = _check_real("decay_rate", decay_rate, low=0.0, high=1.0, low_open=True)
-        self.decay_steps = layers.check_positive_int("decay_steps", decay_steps)
-        self.min_lr = _check_real("min_lr", min_lr, low=0.0)
-        if self.min_lr > self.initial_lr:
-            raise ValueError(f"min_lr must be <= initial_lr ({self.initial_lr}), "
-                             f"got {self.min_lr}")
+        self._check_decay(initial_lr, decay_steps, min_lr)
 
     def __call__(self, step: int) -> float:
         step = _check_step(step)
         return max(self.min_lr, self.initial_lr * self.decay_rate ** (step / self.decay_steps))
 
-    def config(self) -> dict:
-        """Everything needed to rebuild the schedule (it has no state besides this)."""
-        return {"type": "ExponentialDecay", "initial_lr": self.initial_lr,
-                "decay_rate": self.decay_rate, "decay_steps": self.decay_steps,
-                "min_lr": self.min_lr}
 
-    def __repr__(self) -> str:
-        return (f"ExponentialDecay(initial_lr={self.initial_lr!r}, decay_rate={self.decay_rate!r}, "
-                f"decay_steps={self.decay_steps!r}, min_lr={self.min_lr!r})")
-
-
-class LinearDecay:
+class LinearDecay(_Schedule):
     """``lr(step) = (1 - s) * initial_lr + s * min_lr`` with ``s = min(1, step / decay_steps)``.
 
     A straight line from ``initial_lr`` at step 0 down to ``min_lr`` at step ``decay_steps``,
@@ -220,27 +225,15 @@ class LinearDecay:
         (0.0003, 0.00015, 0.0, 0.0)
     """
 
+    _fields = ("initial_lr", "decay_steps", "min_lr")
+
     def __init__(self, initial_lr: float, decay_steps: int, min_lr: float = 0.0):
-        self.initial_lr = _check_real("initial_lr", initial_lr, low=0.0, low_open=True)
-        self.decay_steps = layers.check_positive_int("decay_steps", decay_steps)
-        self.min_lr = _check_real("min_lr", min_lr, low=0.0)
-        if self.min_lr > self.initial_lr:
-            raise ValueError(f"min_lr must be <= initial_lr ({self.initial_lr}), "
-                             f"got {self.min_lr}")
+        self._check_decay(initial_lr, decay_steps, min_lr)
 
     def __call__(self, step: int) -> float:
         step = _check_step(step)
         done = min(1.0, step / self.decay_steps)
         return (1.0 - done) * self.initial_lr + done * self.min_lr
-
-    def config(self) -> dict:
-        """Everything needed to rebuild the schedule (it has no state besides this)."""
-        return {"type": "LinearDecay", "initial_lr": self.initial_lr,
-                "decay_steps": self.decay_steps, "min_lr": self.min_lr}
-
-    def __repr__(self) -> str:
-        return (f"LinearDecay(initial_lr={self.initial_lr!r}, decay_steps={self.decay_steps!r}, "
-                f"min_lr={self.min_lr!r})")
 
 
 _SCHEDULES = {"ConstantLR": ConstantLR, "ExponentialDecay": ExponentialDecay,
