@@ -554,3 +554,24 @@ def test_linear_schedule_reaches_its_floor_and_resumes_with_it(tmp_path):
     assert run_cli(["--resume", out, "--steps", 14, *QUIET]) == 0
     last = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
     assert last[-1]["step"] == 14 and last[-1]["lr"] == pytest.approx(1e-4, rel=1e-12)
+
+
+def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
+    out = tmp_path / "p"
+    assert run_cli(["--model", "lstm", "--steps", 5, "--out", out, *LSTM, "--preset",
+                    "quick"]) == 0
+    assert load_checkpoint(out / "lstm")[1]["optimizer"]["lr"] == 2e-3
+    assert json.loads((out / "run_config.json").read_text())["lr_by_model"] == {"lstm": 2e-3}
+    # --lr applies to every model, the preset's per-model rate included
+    out2 = tmp_path / "q"
+    assert run_cli(["--model", "lstm", "--steps", 5, "--out", out2, *LSTM, "--preset", "quick",
+                    "--lr", "5e-4"]) == 0
+    assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["lr"] == 5e-4
+    assert json.loads((out2 / "run_config.json").read_text())["lr_by_model"] is None
+    # a per-model rate below --min-lr is refused before anything is written
+    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 1e-6})
+    out3 = tmp_path / "r"
+    assert run_cli(["--model", "lstm", "--steps", 5, "--out", out3, *LSTM, "--preset", "quick",
+                    "--min-lr", "1e-5"]) == 2
+    assert not out3.exists()
