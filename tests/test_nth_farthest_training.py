@@ -528,14 +528,16 @@ def test_evaluation_and_load_checkpoint_use_the_averaged_weights(tmp_path):
 def test_without_averaging_the_checkpoint_holds_the_last_iterate_and_old_runs_resume(tmp_path):
     out = tmp_path / "n"
     assert run_cli(["--model", "lstm", "--steps", 6, "--out", out, *LSTM,
-                    "--ema-decay", "none"]) == 0
+                    "--ema-decay", "none", "--lr", "1e-3", "--lr-schedule", "exponential"]) == 0
     evals = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl") if e["event"] == "eval"]
     assert all(e["weights"] == "last" and "last_iterate_acc" not in e for e in evals)
     _, info = load_checkpoint(out / "lstm")
     assert info["ema"] is None and info["weights"] == "last"
-    # a run folder written before --ema-decay existed has no such key: it resumes without one
+    # a run folder written before --ema-decay, --lr-schedule and per-model rates existed has
+    # none of those keys: it resumes with no average, the exponential schedule, one rate
     config = json.loads((out / "run_config.json").read_text())
-    del config["ema_decay"]
+    for key in ("ema_decay", "lr_schedule", "lr_by_model"):
+        del config[key]
     (out / "run_config.json").write_text(json.dumps(config))
     assert run_cli(["--resume", out, "--steps", 10, *QUIET]) == 0
     assert load_checkpoint(out / "lstm")[1]["step"] == 10
