@@ -8,8 +8,9 @@ names.  Every update is done *in place* (``p -= ...``) so any other holder of a 
 
 * :func:`clip_global_norm` -- scale a set of gradients so that their joint L2 norm is at most
   ``max_norm``; returns the norm before clipping.
-* :class:`ConstantLR`, :class:`ExponentialDecay`, :class:`LinearDecay` -- callables ``lr(step)``; stateless, so
-  their ``config()`` is all a checkpoint needs (:func:`schedule_from_config` rebuilds them).
+* :class:`ConstantLR`, :class:`ExponentialDecay`, :class:`LinearDecay` -- callables
+  ``lr(step)``; stateless, so their ``config()`` is all a checkpoint needs
+  (:func:`schedule_from_config` rebuilds them).
 * :class:`Adam` -- Adam with bias correction and optional decoupled (AdamW-style) weight decay,
   clipping and schedule; ``state_dict()`` / ``load_state_dict()`` resume training bit-exactly.
 * :class:`ExponentialMovingAverage` -- a running average of the parameters (Polyak averaging)

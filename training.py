@@ -64,9 +64,9 @@ SIZE_KEYS_BY_KIND = {"rmc": _MEMORY_KEYS + ("mlp_hidden",),
 
 # Task and optimisation settings of a run.
 TRAIN_KEYS = ("num_objects", "num_features", "curriculum", "steps", "batch_size", "lr",
-              "lr_by_model", "lr_schedule", "lr_decay_rate", "lr_decay_steps", "min_lr", "clip_norm",
-              "eval_size", "eval_seed", "eval_every", "checkpoint_every", "seed", "dtype",
-              "time_budget", "ema_decay")
+              "lr_by_model", "lr_schedule", "lr_decay_rate", "lr_decay_steps", "min_lr",
+              "clip_norm", "eval_size", "eval_seed", "eval_every", "checkpoint_every", "seed",
+              "dtype", "time_budget", "ema_decay")
 LR_SCHEDULES = ("exponential", "linear")
 # Settings added after runs were first written, with the value that reproduces those runs.
 _LATER_KEYS = {"ema_decay": None, "lr_schedule": "exponential", "lr_by_model": None}
@@ -101,9 +101,8 @@ _RECIPE_4X4_TRAIN = dict(num_objects=4, num_features=4,
                          steps=150_000, batch_size=128, lr=6e-4, lr_schedule="linear",
                          lr_decay_rate=1.0, lr_decay_steps=90_000, min_lr=1e-5, clip_norm=5.0,
                          eval_size=2000, eval_seed=20180606, eval_every=1000,
-                         checkpoint_every=2000, seed=0,
-                         dtype="float32", time_budget=1800.0, ema_decay=0.999,
-                         lr_by_model={"rrnn": 3e-4})
+                         checkpoint_every=2000, seed=0, dtype="float32", time_budget=1800.0,
+                         ema_decay=0.999, lr_by_model={"rrnn": 3e-4})
 _RECIPE_4X4_MODELS = {
     "rmc": dict(mem_slots=4, head_size=32, num_heads=2, num_blocks=1, key_size=None,
                 attention_mlp_layers=2, gate_style="unit", mlp_hidden=[256, 256, 256, 256]),
@@ -1277,7 +1276,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"kind at another rate, in brackets) (presets: {lr_presets})")
     opt.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                      help="exponential: lr x RATE every --lr-decay-steps (smoothly) down to "
-                          "--min-lr; linear: a straight line from --lr to --min-lr over "
+                          "--min-lr; linear: a straight line from the initial lr to --min-lr over "
                           "--lr-decay-steps, then constant (--lr-decay-rate unused) "
                           f"(presets: {_preset_values('lr_schedule')})")
     opt.add_argument("--lr-decay-rate", type=_positive_float, metavar="RATE",

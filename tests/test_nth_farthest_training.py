@@ -563,13 +563,17 @@ def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path
     out = tmp_path / "p"
     assert run_cli(["--model", "lstm", "--steps", 5, "--out", out, *LSTM, "--preset",
                     "quick"]) == 0
-    assert load_checkpoint(out / "lstm")[1]["optimizer"]["lr"] == 2e-3
+    optimizer_state = load_checkpoint(out / "lstm")[1]["optimizer"]
+    assert optimizer_state["lr"] == 2e-3 and optimizer_state["schedule"]["initial_lr"] == 2e-3
+    first_step = [e for e in strict_json_lines(out / "lstm" / "metrics.jsonl")
+                  if e["event"] == "eval" and e["step"] > 0][0]
+    assert first_step["lr"] < 2e-3 < first_step["lr"] * 1.01     # the rate the steps used
     assert json.loads((out / "run_config.json").read_text())["lr_by_model"] == {"lstm": 2e-3}
     # --lr applies to every model, the preset's per-model rate included
     out2 = tmp_path / "q"
     assert run_cli(["--model", "lstm", "--steps", 5, "--out", out2, *LSTM, "--preset", "quick",
                     "--lr", "5e-4"]) == 0
-    assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["lr"] == 5e-4
+    assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == 5e-4
     assert json.loads((out2 / "run_config.json").read_text())["lr_by_model"] is None
     # a per-model rate below --min-lr is refused before anything is written
     monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 1e-6})
