@@ -362,6 +362,8 @@ def test_gated_phase_ends_when_its_training_accuracy_reaches_the_gate(tmp_path, 
     log = capsys.readouterr().out
     assert "until its training accuracy reaches 0.01, at most 9 steps" in log
     assert "training accuracy reached" in log
+    # the 3x4 phase ended on its cap: the log says it did not pass its gate
+    assert "ran to its cap of 6 steps below its gate 1: last training accuracy 0." in log
 
 
 def test_gated_curriculum_resumes_exactly_mid_window(tmp_path, monkeypatch):
