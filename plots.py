@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -236,10 +237,29 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
         ax.yaxis.set_minor_formatter(FuncFormatter(label_2_and_5))
         ax.tick_params(axis="y", which="minor", labelsize=7)
     if title:
-        fig.suptitle(title)
+        # about 9 characters of the default title font per inch of figure width
+        fig.suptitle(wrap_title(title, int(fig.get_figwidth() * 9)))
     path = os.fspath(path)
     fig.savefig(path)
     return path
+
+
+def wrap_title(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width`` characters, broken at spaces and after commas.
+
+    A long curriculum spec has no spaces (``3x1:10000@0.9,3x4:...``), so commas are break points
+    too; a single piece longer than ``width`` stays whole on its own line.
+    """
+    lines, line = [], ""
+    for word in text.split(" "):
+        # a word's pieces end after each comma; only its first piece follows a space
+        for i, piece in enumerate(re.findall(r"[^,]*,|[^,]+", word) or [""]):
+            joined = line + (" " if i == 0 and line else "") + piece
+            if line and len(joined) > width:
+                lines.append(line)
+                joined = piece
+            line = joined
+    return "\n".join(lines + [line])
 
 
 def _viridis():

@@ -499,6 +499,23 @@ def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps
     assert os.path.getsize(path) > 0
 
 
+def test_long_titles_wrap_at_spaces_and_after_commas():
+    import plots
+    spec = "3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,8x16"
+    title = f"N-th Farthest, 8 objects x 16 features (curriculum {spec})"
+    wrapped = plots.wrap_title(title, 40)
+    lines = wrapped.split("\n")
+    assert len(lines) > 1 and all(len(line) <= 40 for line in lines)
+    # nothing lost or reordered: a break replaces one space, or follows a comma
+    rebuilt = lines[0]
+    for line in lines[1:]:
+        rebuilt += ("" if rebuilt.endswith(",") and not title.startswith(rebuilt + " ")
+                    else " ") + line
+    assert rebuilt == title
+    assert plots.wrap_title("short, title", 40) == "short, title"
+    assert plots.wrap_title(spec, 5).split("\n")[0] == "3x1:10000@0.9,"   # too long: kept whole
+
+
 
 # --------------------------------------------------------------------------------------------
 # Averaged weights
