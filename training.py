@@ -841,10 +841,11 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                 elif reason == "steps" and phases[phase - 1][3] is not None:
                     # A gated phase that ends on its cap did not pass its gate: say so, or the
                     # log reads as if the easier task had been learnt.
+                    _, _, cap, gate_of_previous = phases[phase - 1]
                     last = "-" if last_gate_acc is None else f"{last_gate_acc:.3f}"
-                    why = (f" (the previous phase ran to its cap of {phases[phase - 1][2]} steps"
-                           f" below its gate {phases[phase - 1][3]:g}: last training accuracy"
-                           f" {last} over {GATE_WINDOW} steps)")
+                    why = (f" (the previous phase ran to its cap of {cap} steps below its gate"
+                           f" {gate_of_previous:g}: last training accuracy {last} over"
+                           f" {GATE_WINDOW} steps)")
                 say(f"[{kind}] step {at_step}: curriculum phase {phase + 1}/{len(phases)}: "
                     f"{k} objects x {f} feature{'s' if f > 1 else ''}{length}{why}")
 
