@@ -72,6 +72,10 @@ LR_SCHEDULES = ("exponential", "linear")
 _LATER_KEYS = {"ema_decay": None, "lr_schedule": "exponential", "lr_by_model": None}
 # The only settings that --resume may change (none of them changes the training trajectory).
 RESUMABLE_KEYS = ("steps", "time_budget", "eval_every", "checkpoint_every")
+# What --branch-from may change besides those: the optimisation from the branch step on.  The
+# task, the model, the data stream, the held-out set and the weight average stay the parent's.
+BRANCH_KEYS = RESUMABLE_KEYS + ("batch_size", "lr", "lr_by_model", "lr_schedule",
+                                "lr_decay_rate", "lr_decay_steps", "min_lr", "clip_norm")
 
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "results.json"
@@ -697,7 +701,10 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
     if resume_from is not None:
         model, info = resume_from
         optimizer = _make_optimizer(model, cfg, kind)
-        optimizer.load_state_dict(info["optimizer"])
+        # The run config decides the rate, its schedule and the clipping (a branch may change
+        # them); the checkpoint gives the step count and the moments.
+        optimizer.load_state_dict({k: v for k, v in info["optimizer"].items()
+                                   if k not in ("lr", "schedule", "clip_norm")})
         if info.get("weights") == "averaged":
             raise CheckpointError("resuming needs the last training iterate: load the "
                                   "checkpoint with load_checkpoint(..., averaged=False)")
@@ -1214,6 +1221,15 @@ def _epilog() -> str:
         "  DIR/run_config.json.  A run interrupted and resumed ends with exactly the parameters",
         "  of an uninterrupted one.",
         "",
+        "branch: --branch-from DIR --out NEW starts a new run where the run in DIR stands (each",
+        "  model's checkpoint: weights, Adam moments and step count, weight average, data",
+        "  stream, curriculum position, wall time; metrics so far are copied) and goes on with",
+        "  other --lr, --lr-schedule, --lr-decay-rate, --lr-decay-steps, --min-lr, --clip-norm,",
+        "  --batch-size or --steps: a way to try settings late in a long run without repeating",
+        "  it.  The schedule is a function of the step count, which continues from DIR's.  Task,",
+        "  model sizes, seed, dtype and held-out set stay DIR's.  Continue a branch with",
+        "  --resume NEW.",
+        "",
         "threads: small matrices run fastest on one BLAS thread; when this file is run as a",
         "  script, --threads N (default 1; 0 = the BLAS library's default) is applied before",
         "  NumPy loads.  An OPENBLAS_NUM_THREADS/OMP_NUM_THREADS already set is kept unless",
@@ -1248,6 +1264,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run folder to create (default runs/<preset>); refused if it already "
                           "holds a run")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
+    run.add_argument("--branch-from", metavar="DIR",
+                     help="start a new run (--out) from the checkpoints of the run in DIR and "
+                          "go on with other optimisation settings; see 'branch' below")
     run.add_argument("--time-budget", type=_optional(_nonneg_float), metavar="SECONDS",
                      help="wall-clock limit per model and per invocation, then stop cleanly "
                           "with a checkpoint; 0 or none = no limit (presets: "
@@ -1438,6 +1457,12 @@ def _resolve_new(args: argparse.Namespace) -> tuple[dict, str, list[str]]:
             raise UsageError(f"cannot build the {kind} model with {s}: {exc}") from None
     cfg["model_sizes"] = sizes
     out = args.out or os.path.join("runs", preset_name)
+    _check_new_out(out)
+    return cfg, out, kinds
+
+
+def _check_new_out(out: str) -> None:
+    """Refuse an --out that is a file or already holds a run (nothing is ever overwritten)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a folder")
     if os.path.isdir(out):
@@ -1445,25 +1470,22 @@ def _resolve_new(args: argparse.Namespace) -> tuple[dict, str, list[str]]:
         if found:
             raise UsageError(f"--out {out} already holds a run ({', '.join(found[:3])}); "
                              f"continue it with --resume {out}, or choose another --out")
-    return cfg, out, kinds
 
 
 _RESUME_FORBIDDEN = [k for k in TRAIN_KEYS if k not in RESUMABLE_KEYS] + list(SIZE_KEYS) \
     + ["preset", "out"]
+_BRANCH_FORBIDDEN = [k for k in TRAIN_KEYS if k not in BRANCH_KEYS] + list(SIZE_KEYS) \
+    + ["preset"]
 
 
-def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dict]:
-    run_dir = args.resume
-    changed = [_option(k) for k in _RESUME_FORBIDDEN if _given(args, k)]
-    if changed:
-        raise UsageError(f"--resume continues a run with its own settings; it cannot be combined "
-                         f"with {', '.join(changed)} (only --steps, --time-budget, --eval-every, "
-                         "--checkpoint-every, --model, --threads, --no-progress, --no-plots)")
+def _read_run_config(run_dir: str, option: str) -> dict:
+    """The ``run_config.json`` of the run in ``run_dir`` (``option`` names the flag in errors)."""
     config_path = os.path.join(run_dir, RUN_CONFIG_NAME)
     if not os.path.isdir(run_dir):
-        raise UsageError(f"--resume {run_dir}: no such folder")
+        raise UsageError(f"{option} {run_dir}: no such folder")
     if not os.path.isfile(config_path):
-        raise UsageError(f"--resume {run_dir}: no {RUN_CONFIG_NAME} there, so no run to resume")
+        raise UsageError(f"{option} {run_dir}: no {RUN_CONFIG_NAME} there, so no run to "
+                         f"{'resume' if option == '--resume' else 'branch from'}")
     try:
         cfg = read_json(config_path)
         if not isinstance(cfg, dict):
@@ -1474,43 +1496,135 @@ def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
         if missing:
             raise ValueError(f"missing entries {missing}")
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--resume {run_dir}: unreadable {RUN_CONFIG_NAME}: {exc}") from None
-    for key in RESUMABLE_KEYS:
-        if _given(args, key):
-            cfg[key] = _cli_value(key, getattr(args, key))
-    _check_train_config(cfg)
+        raise UsageError(f"{option} {run_dir}: unreadable {RUN_CONFIG_NAME}: {exc}") from None
+    return cfg
+
+
+def _run_kinds(args: argparse.Namespace, cfg: Mapping, run_dir: str) -> list[str]:
+    """The models of the run that ``--model`` selects (default: all of them)."""
     kinds = args.model or list(cfg["models"])
     foreign = [k for k in kinds if k not in cfg["models"]]
     if foreign:
         raise UsageError(f"--model {','.join(foreign)} is not part of the run in {run_dir} "
                          f"(models: {','.join(cfg['models'])})")
+    return kinds
+
+
+def _load_run_checkpoint(run_dir: str, kind: str, cfg: Mapping, option: str,
+                         may_differ: Sequence[str]):
+    """``load_checkpoint(..., averaged=False)`` of the ``kind`` model of the run in ``run_dir``,
+    checked against the run config ``cfg`` (settings outside ``may_differ``, model sizes,
+    shapes, dtype, steps); None if that model was never checkpointed."""
+    ckpt = os.path.join(run_dir, kind, CHECKPOINT_NAME)
+    if not os.path.exists(ckpt):
+        return None
+    try:
+        model, info = load_checkpoint(ckpt, expect_kind=kind, averaged=False)
+    except CheckpointError as exc:
+        raise UsageError(f"{option} {run_dir}: {exc}") from None
+    theirs = info.get("run_config") or {}
+    mismatch = [k for k in TRAIN_KEYS if k not in may_differ
+                and theirs.get(k, _LATER_KEYS.get(k)) != cfg[k]]
+    if (theirs.get("model_sizes") or {}).get(kind) != cfg["model_sizes"].get(kind):
+        mismatch.append("model_sizes")
+    if mismatch:
+        raise UsageError(f"{option} {run_dir}: {ckpt} belongs to another run (it differs "
+                         f"in {', '.join(mismatch)})")
+    expected = build_model(kind, cfg["model_sizes"][kind], cfg["num_objects"],
+                           cfg["num_features"], dtype=cfg["dtype"]).config
+    if _json_safe(expected) != info["model_config"] or info["dtype"] != cfg["dtype"]:
+        raise UsageError(f"{option} {run_dir}: {ckpt} holds a model of another shape or "
+                         "dtype than the run config")
+    if info["step"] > cfg["steps"]:
+        raise UsageError(f"{option} {run_dir}: {kind} is already at step {info['step']}, "
+                         f"beyond --steps {cfg['steps']}")
+    return model, info
+
+
+def _resolve_resume(args: argparse.Namespace) -> tuple[dict, str, list[str], dict]:
+    run_dir = args.resume
+    changed = [_option(k) for k in _RESUME_FORBIDDEN if _given(args, k)]
+    if changed:
+        raise UsageError(f"--resume continues a run with its own settings; it cannot be combined "
+                         f"with {', '.join(changed)} (only --steps, --time-budget, --eval-every, "
+                         "--checkpoint-every, --model, --threads, --no-progress, --no-plots)")
+    cfg = _read_run_config(run_dir, "--resume")
+    for key in RESUMABLE_KEYS:
+        if _given(args, key):
+            cfg[key] = _cli_value(key, getattr(args, key))
+    _check_train_config(cfg)
+    kinds = _run_kinds(args, cfg, run_dir)
     checkpoints = {}
     for kind in kinds:
-        ckpt = os.path.join(run_dir, kind, CHECKPOINT_NAME)
-        if not os.path.exists(ckpt):
-            continue                                  # never checkpointed: starts afresh
-        try:
-            model, info = load_checkpoint(ckpt, expect_kind=kind, averaged=False)
-        except CheckpointError as exc:
-            raise UsageError(f"--resume {run_dir}: {exc}") from None
-        theirs = info.get("run_config") or {}
-        mismatch = [k for k in TRAIN_KEYS if k not in RESUMABLE_KEYS
-                    and theirs.get(k, _LATER_KEYS.get(k)) != cfg[k]]
-        if (theirs.get("model_sizes") or {}).get(kind) != cfg["model_sizes"].get(kind):
-            mismatch.append("model_sizes")
-        if mismatch:
-            raise UsageError(f"--resume {run_dir}: {ckpt} belongs to another run (it differs "
-                             f"in {', '.join(mismatch)})")
-        expected = build_model(kind, cfg["model_sizes"][kind], cfg["num_objects"],
-                               cfg["num_features"], dtype=cfg["dtype"]).config
-        if _json_safe(expected) != info["model_config"] or info["dtype"] != cfg["dtype"]:
-            raise UsageError(f"--resume {run_dir}: {ckpt} holds a model of another shape or "
-                             "dtype than the run config")
-        if info["step"] > cfg["steps"]:
-            raise UsageError(f"--resume {run_dir}: {kind} is already at step {info['step']}, "
-                             f"beyond --steps {cfg['steps']}")
-        checkpoints[kind] = (model, info)
+        found = _load_run_checkpoint(run_dir, kind, cfg, "--resume", RESUMABLE_KEYS)
+        if found is not None:                 # else never checkpointed: starts afresh
+            checkpoints[kind] = found
     return cfg, run_dir, kinds, checkpoints
+
+
+def _resolve_branch(args: argparse.Namespace) -> tuple[dict, str, list[str], dict]:
+    """A new run in --out that starts where the run in --branch-from stands (its checkpoints:
+    weights, Adam moments and step count, weight average, data stream, curriculum position,
+    wall time) and goes on with other optimisation settings."""
+    parent = args.branch_from
+    changed = [_option(k) for k in _BRANCH_FORBIDDEN if _given(args, k)]
+    if changed:
+        raise UsageError(f"--branch-from keeps the task, model and data of its run; it cannot "
+                         f"be combined with {', '.join(changed)} (only "
+                         f"{', '.join(_option(k) for k in BRANCH_KEYS if k != 'lr_by_model')}"
+                         ", --model, --out and the run-time flags)")
+    if args.out is None:
+        raise UsageError("--branch-from needs --out, the new run folder")
+    cfg = _read_run_config(parent, "--branch-from")
+    before = {k: cfg[k] for k in BRANCH_KEYS}
+    for key in BRANCH_KEYS:
+        if _given(args, key):
+            cfg[key] = _cli_value(key, getattr(args, key))
+    if _given(args, "lr"):
+        cfg["lr_by_model"] = None                 # --lr applies to every model
+    _check_train_config(cfg)
+    kinds = _run_kinds(args, cfg, parent)
+    checkpoints = {}
+    for kind in kinds:
+        found = _load_run_checkpoint(parent, kind, cfg, "--branch-from", BRANCH_KEYS)
+        if found is None:
+            raise UsageError(f"--branch-from {parent}: the {kind} model has no checkpoint "
+                             f"there to branch from")
+        checkpoints[kind] = found
+    _check_new_out(args.out)
+    cfg["models"] = kinds
+    cfg["branched_from"] = {
+        "run": os.path.abspath(parent),
+        "steps": {kind: int(info["step"]) for kind, (_, info) in checkpoints.items()},
+        "changed": {k: [before[k], cfg[k]] for k in BRANCH_KEYS
+                    if k not in RESUMABLE_KEYS and before[k] != cfg[k]}}
+    return cfg, args.out, kinds, checkpoints
+
+
+def _start_branch(cfg: Mapping, run_dir: str, checkpoints: Mapping) -> None:
+    """Write the first files of a branch: per model the parent's metrics up to the branch step
+    followed by a ``branch`` event, and the parent's checkpoint re-labelled with this run's
+    config (so ``--resume`` of the branch starts from it even before its first save)."""
+    for kind, (_, info) in checkpoints.items():
+        step = int(info["step"])
+        model_dir = os.path.join(run_dir, kind)
+        os.makedirs(model_dir, exist_ok=True)
+        parent_metrics = os.path.join(os.path.dirname(info["path"]), METRICS_NAME)
+        kept = [e for e in (read_metrics(parent_metrics) if os.path.exists(parent_metrics)
+                            else []) if e.get("step", 0) <= step]
+        kept.append({"event": "branch", "step": step, "wall_time": info.get("wall_time", 0.0),
+                     "from": cfg["branched_from"]["run"],
+                     "changed": cfg["branched_from"]["changed"]})
+        text = "".join(_dumps(e) + "\n" for e in kept)
+        _atomic_write_bytes(os.path.join(model_dir, METRICS_NAME),
+                            lambda fh: fh.write(text.encode("utf-8")))
+        with np.load(info["path"], allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        meta = json.loads(str(arrays["meta"][()]))
+        meta["run_config"] = dict(cfg)
+        arrays["meta"] = np.array(json.dumps(_json_safe(meta)))
+        _atomic_write_bytes(os.path.join(model_dir, CHECKPOINT_NAME),
+                            lambda fh: np.savez(fh, **arrays))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1519,8 +1633,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = ["python", "nth_farthest.py", *argv]
     try:
+        if args.resume is not None and args.branch_from is not None:
+            raise UsageError("--resume and --branch-from exclude each other: resume a branch "
+                             "with --resume BRANCH_DIR")
         if args.resume is not None:
             cfg, run_dir, kinds, checkpoints = _resolve_resume(args)
+        elif args.branch_from is not None:
+            cfg, run_dir, kinds, checkpoints = _resolve_branch(args)
         else:
             cfg, run_dir, kinds = _resolve_new(args)
             checkpoints = {}
@@ -1532,6 +1651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg["commands"] = list(cfg.get("commands", [])) + [shlex.join(command)]
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, RUN_CONFIG_NAME), cfg)
+    if args.branch_from is not None:
+        _start_branch(cfg, run_dir, checkpoints)
     K, F = cfg["num_objects"], cfg["num_features"]
     phases = cfg["phases"]
     if len(phases) > 1 and phase_starts(phases)[-1] >= cfg["steps"]:
@@ -1540,6 +1661,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"N-th Farthest: {K} objects x {F} features, models {', '.join(kinds)}, preset "
           f"{cfg['preset']}, {cfg['steps']} steps of batch {cfg['batch_size']}, curriculum "
           f"{cfg['curriculum'] or 'none'}; run folder {run_dir}", flush=True)
+    if args.branch_from is not None:
+        branch = cfg["branched_from"]
+        at = ", ".join(f"{kind} at step {step}" for kind, step in branch["steps"].items())
+        what = ", ".join(f"{_option(k)} {old} -> {new}" for k, (old, new) in
+                         branch["changed"].items()) or "no optimisation setting"
+        print(f"branched from {args.branch_from} ({at}); changed: {what}", flush=True)
     eval_set = nf.make_eval_set(cfg["eval_seed"], cfg["eval_size"], K, F, dtype=cfg["dtype"])
 
     outcomes = []

@@ -600,3 +600,98 @@ def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path
     assert run_cli(["--model", "lstm", "--steps", 5, "--out", out3, *LSTM, "--preset", "quick",
                     "--min-lr", "1e-5"]) == 2
     assert not out3.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Branches: a new run from another run's checkpoints, with other optimisation settings
+# --------------------------------------------------------------------------------------------
+
+
+def test_branch_without_changes_ends_exactly_where_the_continued_run_ends(tmp_path):
+    # A branch carries the weights, Adam moments and step count, weight average, data stream
+    # and curriculum position: with nothing changed it is the parent run, resumed elsewhere.
+    parent, full, branch = tmp_path / "parent", tmp_path / "full", tmp_path / "branch"
+    argv = ["--model", "rmc,lstm", *TINY, "--ema-decay", "0.9"]
+    assert run_cli([*argv, "--steps", 16, "--out", full]) == 0
+    assert run_cli([*argv, "--steps", 10, "--out", parent]) == 0
+    before = snapshot(parent)
+    assert run_cli(["--branch-from", parent, "--out", branch, "--steps", 16, *QUIET]) == 0
+    assert snapshot(parent) == before                    # the parent run is only read
+    for kind in ("rmc", "lstm"):
+        p_full, info_full = params_of(full / kind)
+        p_branch, info_branch = params_of(branch / kind)
+        assert info_branch["step"] == 16
+        for name in p_full:
+            assert np.array_equal(p_full[name], p_branch[name]), f"{kind} {name}"
+        for moment in ("m", "v"):
+            for name, value in info_full["optimizer"][moment].items():
+                assert np.array_equal(value, info_branch["optimizer"][moment][name])
+
+        def held_out(folder):
+            return [(e["step"], e["phase"], e["heldout_acc"], e["heldout_loss"])
+                    for e in eval_history(folder / kind)]
+        assert held_out(branch) == held_out(full)
+        events = [e["event"] for e in strict_json_lines(branch / kind / "metrics.jsonl")]
+        assert events.count("branch") == 1
+    cfg = training.read_json(branch / "run_config.json")
+    assert cfg["branched_from"]["steps"] == {"rmc": 10, "lstm": 10}
+    assert cfg["branched_from"]["changed"] == {}
+
+
+def test_branch_trains_on_with_its_own_rate_and_batch_and_resumes(tmp_path, capsys):
+    parent, branch = tmp_path / "parent", tmp_path / "branch"
+    assert run_cli(["--model", "lstm", "--steps", 10, "--out", parent, *LSTM]) == 0
+    capsys.readouterr()
+    # --steps equal to the parent's: nothing is trained, but the branch exists and resumes
+    # from the parent's step (its checkpoint was written when the branch was made).
+    assert run_cli(["--branch-from", parent, "--out", branch, "--steps", 10, "--lr", "3e-3",
+                    "--lr-schedule", "exponential", "--lr-decay-rate", "1", "--batch-size", 4,
+                    *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert "branched from" in out and "--lr" in out and "--batch-size 8 -> 4" in out
+    assert load_checkpoint(branch / "lstm")[1]["step"] == 10
+    assert run_cli(["--resume", branch, "--steps", 15, *QUIET]) == 0
+    lines = strict_json_lines(branch / "lstm" / "metrics.jsonl")
+    assert [e["step"] for e in lines if e["event"] == "resume"] == [10]
+    evals = [e for e in lines if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 5, 10, 15]       # the parent's history, then on
+    assert evals[-1]["lr"] == 3e-3 and evals[1]["lr"] != 3e-3
+    model, info = load_checkpoint(branch / "lstm", averaged=False)
+    assert info["step"] == 15 and info["optimizer"]["t"] == 15
+    assert info["run_config"]["batch_size"] == 4 and info["run_config"]["lr"] == 3e-3
+    assert load_checkpoint(parent / "lstm")[1]["step"] == 10
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-objects", "3"], "cannot be combined with --num-objects"),
+    (["--hidden-size", "16"], "cannot be combined with --hidden-size"),
+    (["--seed", "3"], "cannot be combined with --seed"),
+    (["--preset", "paper"], "cannot be combined with --preset"),
+    (["--no-out"], "needs --out"),
+    (["--resume", "PARENT"], "exclude each other"),
+    (["--model", "rmc"], "--model rmc is not part of the run"),
+    (["--steps", "5"], "beyond --steps 5"),
+])
+def test_bad_branches_are_refused_before_writing_anything(tmp_path, capsys, extra, message):
+    parent, branch = tmp_path / "parent", tmp_path / "branch"
+    assert run_cli(["--model", "lstm", "--steps", 10, "--out", parent, *LSTM]) == 0
+    before = snapshot(parent)
+    capsys.readouterr()
+    argv = ["--branch-from", parent, *QUIET]
+    if extra != ["--no-out"]:
+        argv += ["--out", branch]
+        argv += [parent if a == "PARENT" else a for a in extra]
+    assert run_cli(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not branch.exists() and snapshot(parent) == before
+
+
+def test_branch_refuses_an_out_folder_holding_a_run_and_a_run_without_checkpoints(tmp_path,
+                                                                               capsys):
+    parent = tmp_path / "parent"
+    assert run_cli(["--model", "lstm", "--steps", 10, "--out", parent, *LSTM]) == 0
+    assert run_cli(["--branch-from", parent, "--out", parent, *QUIET]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    (parent / "lstm" / "checkpoint.npz").unlink()
+    assert run_cli(["--branch-from", parent, "--out", tmp_path / "b", *QUIET]) == 2
+    assert "no checkpoint there to branch from" in capsys.readouterr().err
