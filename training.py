@@ -1148,6 +1148,20 @@ def _optional(parse):
     return wrapped
 
 
+def _lr_by_model(text: str) -> dict:
+    """'rrnn=3e-4,lstm=1e-3' -> {'rrnn': 3e-4, 'lstm': 1e-3}."""
+    rates = {}
+    for item in text.split(","):
+        kind, sep, value = item.strip().partition("=")
+        kind = kind.strip().lower()
+        if not sep or kind not in MODEL_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=LR pairs with KIND one of {', '.join(MODEL_KINDS)}, such as "
+                f"rrnn=3e-4,lstm=1e-3, got {text!r}")
+        rates[kind] = _positive_float(value)
+    return rates
+
+
 def _mlp_hidden(text: str) -> list[int]:
     text = text.strip()
     if text.lower() in ("", "none"):
@@ -1301,6 +1315,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=_positive_float,
                      help="initial Adam learning rate of every model (a preset may start one "
                           f"kind at another rate, in brackets) (presets: {lr_presets})")
+    opt.add_argument("--lr-by-model", type=_optional(_lr_by_model), metavar="KIND=LR,...",
+                     help="initial rates of some models, e.g. rrnn=3e-4,lstm=1e-3; the others "
+                          "start at --lr; none = every model at --lr (replaces a preset's "
+                          "per-model rates)")
     opt.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                      help="exponential: lr x RATE every --lr-decay-steps (smoothly) down to "
                           "--min-lr; linear: a straight line from the initial lr to --min-lr over "
@@ -1370,7 +1388,7 @@ def _given(args: argparse.Namespace, key: str) -> bool:
 def _cli_value(key: str, value):
     """CLI spellings of 'no value' -> None."""
     if value == "none" and key in ("clip_norm", "time_budget", "key_size", "gate_style",
-                                   "ema_decay"):
+                                   "ema_decay", "lr_by_model"):
         return None
     if key == "time_budget" and value == 0:
         return None
@@ -1379,6 +1397,13 @@ def _cli_value(key: str, value):
 
 def _option(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def _lr_applies_to_all(args: argparse.Namespace, cfg: dict) -> None:
+    """--lr alone sets the rate of every model, a preset's (or parent run's) per-model rates
+    included; with --lr-by-model the models named there keep their own."""
+    if _given(args, "lr") and not _given(args, "lr_by_model"):
+        cfg["lr_by_model"] = None
 
 
 def _check_train_config(cfg: dict) -> None:
@@ -1436,8 +1461,7 @@ def _resolve_new(args: argparse.Namespace) -> tuple[dict, str, list[str]]:
     for key in TRAIN_KEYS:
         cfg[key] = _cli_value(key, getattr(args, key)) if _given(args, key) \
             else preset["train"][key]
-    if _given(args, "lr"):
-        cfg["lr_by_model"] = None                 # --lr applies to every model
+    _lr_applies_to_all(args, cfg)
     _check_train_config(cfg)
     sizes = {}
     for key in SIZE_KEYS:
@@ -1571,7 +1595,7 @@ def _resolve_branch(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
     if changed:
         raise UsageError(f"--branch-from keeps the task, model and data of its run; it cannot "
                          f"be combined with {', '.join(changed)} (only "
-                         f"{', '.join(_option(k) for k in BRANCH_KEYS if k != 'lr_by_model')}"
+                         f"{', '.join(_option(k) for k in BRANCH_KEYS)}"
                          ", --model, --out and the run-time flags)")
     if args.out is None:
         raise UsageError("--branch-from needs --out, the new run folder")
@@ -1580,8 +1604,7 @@ def _resolve_branch(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
     for key in BRANCH_KEYS:
         if _given(args, key):
             cfg[key] = _cli_value(key, getattr(args, key))
-    if _given(args, "lr"):
-        cfg["lr_by_model"] = None                 # --lr applies to every model
+    _lr_applies_to_all(args, cfg)
     _check_train_config(cfg)
     kinds = _run_kinds(args, cfg, parent)
     checkpoints = {}

@@ -602,6 +602,31 @@ def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path
     assert not out3.exists()
 
 
+def test_lr_by_model_sets_the_rates_of_the_named_models(tmp_path, monkeypatch):
+    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
+    out = tmp_path / "p"
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM, "--preset", "quick",
+                    "--lr", "5e-4", "--lr-by-model", "lstm=1e-3, rmc=7e-4"]) == 0
+    assert load_checkpoint(out / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == 1e-3
+    cfg = json.loads((out / "run_config.json").read_text())
+    assert cfg["lr"] == 5e-4 and cfg["lr_by_model"] == {"lstm": 1e-3, "rmc": 7e-4}
+    out2 = tmp_path / "q"                  # 'none' drops the preset's per-model rate
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", out2, *LSTM, "--preset", "quick",
+                    "--lr-by-model", "none"]) == 0
+    assert json.loads((out2 / "run_config.json").read_text())["lr_by_model"] is None
+    assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == \
+        training.PRESETS["quick"]["train"]["lr"]
+
+
+@pytest.mark.parametrize("value", ["lstm", "gru=1e-3", "lstm=0", "lstm=x", "lstm=1e-3,"])
+def test_bad_lr_by_model_is_refused(tmp_path, capsys, value):
+    out = tmp_path / "p"
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM,
+                    "--lr-by-model", value]) == 2
+    assert "--lr-by-model" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Branches: a new run from another run's checkpoints, with other optimisation settings
 # --------------------------------------------------------------------------------------------
