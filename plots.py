@@ -16,6 +16,8 @@ Metrics lines are dicts with an ``"event"`` key:
   and optionally ``train_loss``;
 * ``"phase"``: ``step`` (first step of the phase), ``wall_time``, ``active_objects``,
   ``active_features`` -- a curriculum phase change;
+* ``"branch"``: ``step``, ``wall_time`` -- where a run branched from its parent's history with
+  other optimisation settings (a black dash-dot line);
 * anything else is ignored here.
 
 No pyplot state is used (each figure is a :class:`matplotlib.figure.Figure` on its own Agg
@@ -75,6 +77,10 @@ def _phases(lines: Sequence[Mapping]) -> list[Mapping]:
     return [e for e in lines if e.get("event") == "phase" and e.get("step", 0) > 0]
 
 
+def _branches(lines: Sequence[Mapping]) -> list[Mapping]:
+    return [e for e in lines if e.get("event") == "branch"]
+
+
 def _series(evals: Sequence[Mapping], key: str) -> np.ndarray:
     return np.array([np.nan if e.get(key) is None else float(e[key]) for e in evals])
 
@@ -118,7 +124,8 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
     mean training loss since the previous evaluation (dotted) vs steps and vs wall time; row 3
     one panel per model with the held-out accuracy for each rank n.  Curriculum phase changes
     are vertical lines (grey on the step axes when all models changed phase at the same steps;
-    otherwise, and on the wall-time axes, in each model's colour).
+    otherwise, and on the wall-time axes, in each model's colour); a branch point is a black
+    dash-dot line.
     """
     if not metrics_by_model:
         raise ValueError("metrics_by_model is empty: nothing to plot")
@@ -175,6 +182,14 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
                 ax.axvline(x, color=color, linestyle="--", linewidth=0.8, alpha=0.6,
                            label=None if phase_labelled[ax] else "phase change (model colour)")
                 phase_labelled[ax] = True
+
+        for event in _branches(lines):
+            at = [(ax, event["step"]) for ax in (ax_acc_s, ax_loss_s)]
+            if event.get("wall_time") is not None:
+                at += [(ax, float(event["wall_time"]) / scale) for ax in (ax_acc_t, ax_loss_t)]
+            for ax, x in at:
+                ax.axvline(x, color="k", linestyle="-.", linewidth=0.9,
+                           label="branch: new settings from here" if i == 0 else None)
 
         # Per-n panel of this model.
         ax_n = bottom_axes[i]

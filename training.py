@@ -1021,6 +1021,25 @@ def summary_table(results: Mapping) -> str:
     return "\n".join(lines)
 
 
+def _changes(branch: Mapping) -> str:
+    """'--lr 0.0003 -> 0.0005, ...': the settings a branch changed."""
+    return ", ".join(f"{_option(k)} {old} -> {new}" for k, (old, new) in
+                     branch["changed"].items()) or "no optimisation setting"
+
+
+def curves_title(cfg: Mapping) -> str:
+    """The learning-curve title of a run: task, preset, batch, curriculum, branch point."""
+    title = (f"N-th Farthest, {cfg['num_objects']} objects x {cfg['num_features']} features "
+             f"(preset {cfg.get('preset')}, batch {cfg['batch_size']}"
+             + (f", curriculum {cfg['curriculum']}" if cfg.get("curriculum") else ""))
+    branch = cfg.get("branched_from")
+    if branch:
+        steps = sorted(set(branch["steps"].values()))
+        title += (f"; branched at step {', '.join(map(str, steps))} from another run, "
+                  f"changed: {_changes(branch)}")
+    return title + ")"
+
+
 def write_run_outputs(run_dir: str, cfg: Mapping, *, eval_set: nf.EvalSet | None = None,
                       command: Sequence[str] | None = None, make_plots: bool = True) -> dict:
     """Write learning_curves.png, attention_heatmap.png (RMC runs) and results.json of a run
@@ -1047,11 +1066,9 @@ def write_run_outputs(run_dir: str, cfg: Mapping, *, eval_set: nf.EvalSet | None
         summary["model_config"] = model.config
         results["models"][kind] = summary
     if metrics and make_plots:
-        title = (f"N-th Farthest, {K} objects x {cfg['num_features']} features "
-                 f"(preset {cfg.get('preset')}, batch {cfg['batch_size']}"
-                 + (f", curriculum {cfg['curriculum']}" if cfg.get("curriculum") else "") + ")")
         plots.plot_learning_curves(metrics, os.path.join(run_dir, CURVES_NAME), chance=1.0 / K,
-                                   title=title, labels={k: MODEL_LABELS[k] for k in metrics})
+                                   title=curves_title(cfg),
+                                   labels={k: MODEL_LABELS[k] for k in metrics})
         results["learning_curves"] = CURVES_NAME
         if _attention_heatmap(run_dir, cfg, eval_set):
             results["attention_heatmap"] = HEATMAP_NAME
@@ -1687,9 +1704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.branch_from is not None:
         branch = cfg["branched_from"]
         at = ", ".join(f"{kind} at step {step}" for kind, step in branch["steps"].items())
-        what = ", ".join(f"{_option(k)} {old} -> {new}" for k, (old, new) in
-                         branch["changed"].items()) or "no optimisation setting"
-        print(f"branched from {args.branch_from} ({at}); changed: {what}", flush=True)
+        print(f"branched from {args.branch_from} ({at}); changed: {_changes(branch)}",
+              flush=True)
     eval_set = nf.make_eval_set(cfg["eval_seed"], cfg["eval_size"], K, F, dtype=cfg["dtype"])
 
     outcomes = []

@@ -499,6 +499,22 @@ def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps
     assert os.path.getsize(path) > 0
 
 
+def test_a_branch_is_marked_on_the_curves_and_named_in_their_title(tmp_path):
+    import plots
+    evals = [{"event": "eval", "step": s, "wall_time": 0.1 * s, "heldout_acc": 0.3,
+              "heldout_loss": 1.3, "acc_per_n": [1, 0.2, 0.1]} for s in (0, 10, 20)]
+    branch = {"event": "branch", "step": 10, "wall_time": 1.0}
+    assert plots._branches([*evals, branch]) == [branch]
+    path = plots.plot_learning_curves({"rmc": [*evals[:2], branch, evals[2]]},
+                                      tmp_path / "curves.png", chance=1 / 3)
+    assert os.path.getsize(path) > 0
+    cfg = {"num_objects": 8, "num_features": 16, "preset": "curriculum", "batch_size": 256,
+           "curriculum": None, "branched_from": {"steps": {"rmc": 10},
+                                                 "changed": {"batch_size": [128, 256]}}}
+    assert training.curves_title(cfg).endswith(
+        "batch 256; branched at step 10 from another run, changed: --batch-size 128 -> 256)")
+
+
 def test_long_titles_wrap_at_spaces_and_after_commas():
     import plots
     spec = "3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,8x16"
