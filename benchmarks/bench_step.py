@@ -1,6 +1,6 @@
 """Time one training step of every model, side by side with PyTorch.
 
-For each model (LSTM, RMC, RelationalRNN), size (quick, sonnet, paper) and dtype, one training
+For each model (LSTM, RMC, RelationalRNN), size (quick, sonnet, run8x16, paper) and dtype, one training
 step on the N-th Farthest task is split into three parts, each the median over ``--repeats``
 steps after ``--warmup`` steps:
 
@@ -39,7 +39,7 @@ import sys
 
 MODELS = ("lstm", "rmc", "rrnn")
 MODEL_NAMES = {"lstm": "LSTM", "rmc": "RMC", "rrnn": "RelationalRNN"}
-SIZE_NAMES = ("quick", "sonnet", "paper")
+SIZE_NAMES = ("quick", "sonnet", "run8x16", "paper")
 DTYPE_NAMES = ("float32", "float64")
 
 
@@ -147,6 +147,11 @@ SIZES = {
     "sonnet": dict(objects=4, features=4, batch=128, mem_slots=4, num_heads=2, head_size=32,
                    num_blocks=1, mlp_layers=2, readout=(256,) * 4, lstm_hidden=256,
                    rrnn_hidden=64),
+    # The 8 x 16 training runs of IMPLEMENTATION_SUMMARY.md section 5: the paper's task with
+    # the small memory and the CLI's batch.
+    "run8x16": dict(objects=8, features=16, batch=128, mem_slots=8, num_heads=2, head_size=32,
+                    num_blocks=1, mlp_layers=2, readout=(256,) * 4, lstm_hidden=256,
+                    rrnn_hidden=128),
     "paper": dict(objects=8, features=16, batch=1600, mem_slots=8, num_heads=8, head_size=32,
                   num_blocks=1, mlp_layers=2, readout=(256,) * 4, lstm_hidden=512,
                   rrnn_hidden=256),
