@@ -440,16 +440,26 @@ def read_metrics(path: str) -> list[dict]:
     return plots.read_metrics(path)
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-    """Keep only the history up to a checkpoint at ``step``: evaluations and events at steps
-    <= step, and phase changes at steps < step (the resumed run announces the phase at ``step``
-    again if it starts there)."""
+def _history_until(path: str, step: int) -> list[dict]:
+    """The metrics lines of ``path`` up to a checkpoint at ``step`` (none if there is no file):
+    evaluations and events at steps <= step, and phase changes at steps < step (a run continued
+    from ``step`` announces the phase at ``step`` again if it starts there)."""
     if not os.path.exists(path):
-        return
-    kept = [e for e in read_metrics(path)
+        return []
+    return [e for e in read_metrics(path)
             if e.get("step", 0) < step or (e.get("step", 0) == step and e.get("event") != "phase")]
-    text = "".join(_dumps(e) + "\n" for e in kept)
+
+
+def _write_metrics(path: str, entries: Sequence[Mapping]) -> None:
+    """Replace the metrics file ``path`` by ``entries``, atomically."""
+    text = "".join(_dumps(e) + "\n" for e in entries)
     _atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Keep only the history up to a checkpoint at ``step`` (see :func:`_history_until`)."""
+    if os.path.exists(path):
+        _write_metrics(path, _history_until(path, step))
 
 
 def save_checkpoint(path: str, *, kind: str, model, optimizer: Adam,
@@ -1650,14 +1660,11 @@ def _start_branch(cfg: Mapping, run_dir: str, checkpoints: Mapping) -> None:
         model_dir = os.path.join(run_dir, kind)
         os.makedirs(model_dir, exist_ok=True)
         parent_metrics = os.path.join(os.path.dirname(info["path"]), METRICS_NAME)
-        kept = [e for e in (read_metrics(parent_metrics) if os.path.exists(parent_metrics)
-                            else []) if e.get("step", 0) <= step]
-        kept.append({"event": "branch", "step": step, "wall_time": info.get("wall_time", 0.0),
-                     "from": cfg["branched_from"]["run"],
-                     "changed": cfg["branched_from"]["changed"]})
-        text = "".join(_dumps(e) + "\n" for e in kept)
-        _atomic_write_bytes(os.path.join(model_dir, METRICS_NAME),
-                            lambda fh: fh.write(text.encode("utf-8")))
+        branch = {"event": "branch", "step": step, "wall_time": info.get("wall_time", 0.0),
+                  "from": cfg["branched_from"]["run"],
+                  "changed": cfg["branched_from"]["changed"]}
+        _write_metrics(os.path.join(model_dir, METRICS_NAME),
+                       [*_history_until(parent_metrics, step), branch])
         with np.load(info["path"], allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
         meta = json.loads(str(arrays["meta"][()]))
