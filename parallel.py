@@ -1,0 +1,212 @@
+"""Data-parallel gradients: one training batch's gradient computed by several processes.
+
+Each step cuts the batch of B examples into W shards along its first axis.  The calling process
+computes shard 0 with the model itself; W - 1 worker processes (started once, each holding a
+replica of the model) compute the others at the same time.  The parameters reach the workers,
+and their gradients come back, through shared memory; only the shards and short replies travel
+through pipes.
+
+The maths is that of one process.  The loss is the mean over the whole batch,
+``L = sum_i (n_i / B) L_i`` with ``L_i`` the mean over shard i of ``n_i`` examples, so each shard's
+gradient is weighted by ``n_i / B`` and their sum is the batch gradient.  Only the float rounding
+differs (the sums run in another order): a run with W processes repeats bit-exactly with W
+processes; W = 1 is exactly the single-process step.
+
+Why processes and not BLAS threads: the RMC's matrices are small (rows B x N, a few hundred
+columns), so a second BLAS thread gains little, and the element-wise passes (LayerNorm, gates,
+softmax) run on one core whatever the BLAS does.  A shard per core parallelises all of it.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import signal
+import traceback
+from collections.abc import Mapping
+
+import numpy as np
+
+import layers
+
+# A reply from a worker that has not come within this many seconds means it hangs.
+_REPLY_TIMEOUT = 600.0
+
+
+def batch_gradient(model, x: np.ndarray, y: np.ndarray, weight: float = 1.0):
+    """Forward and backward of ``model`` on one batch, accumulated into ``model.grads``.
+
+    x: (B, T, W_in) inputs; y: (B,) integer labels.  Adds ``weight * dL/dparams`` to the
+    gradients, L the batch's mean cross-entropy (call ``zero_grad`` first for a fresh gradient).
+    The backward is skipped when L is not finite (the caller stops on it).
+
+    Returns ``(L, correct)``: the mean loss and the number of argmax predictions equal to y.
+    """
+    logits, cache = model.forward(x)
+    loss, dlogits, _ = layers.softmax_cross_entropy(logits, y)
+    if math.isfinite(loss):
+        if weight != 1.0:
+            dlogits *= weight             # d(weight * L)/dlogits
+        model.backward(dlogits, cache)
+    correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+    return loss, correct
+
+
+def _layout(named: Mapping[str, np.ndarray]):
+    """``(name, start, stop, shape)`` of each array in one flat buffer, and the total size."""
+    entries, start = [], 0
+    for name, a in named.items():
+        entries.append((name, start, start + a.size, a.shape))
+        start += a.size
+    return entries, start
+
+
+def _views(buffer, dtype, layout) -> dict[str, np.ndarray]:
+    """Arrays by name over the shared ``buffer`` (no copies)."""
+    flat = np.frombuffer(buffer, dtype=dtype)
+    return {name: flat[start:stop].reshape(shape) for name, start, stop, shape in layout}
+
+
+def _worker_main(conn, kind: str, sizes: Mapping, num_objects: int, num_features: int,
+                 dtype: str, params_buffer, grads_buffer, layout) -> None:
+    """A worker process: rebuild the model, then answer gradient requests until told to stop."""
+    # Ctrl-C reaches the whole process group: the parent finishes its step, saves and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import training                       # here, not at module level: training imports us
+    model = training.build_model(kind, sizes, num_objects, num_features, dtype=dtype)
+    shared_params = _views(params_buffer, dtype, layout)
+    shared_grads = _views(grads_buffer, dtype, layout)
+    named = list(model.named_parameters())
+    while True:
+        request = conn.recv()
+        if request is None:
+            break
+        x, y, weight = request
+        try:
+            for name, p, _ in named:
+                np.copyto(p, shared_params[name])
+            model.zero_grad()
+            loss, correct = batch_gradient(model, x, y, weight)
+            for name, _, g in named:
+                np.copyto(shared_grads[name], g)
+            conn.send(("ok", loss, correct))
+        except Exception:                 # report it to the parent, which raises it
+            conn.send(("error", traceback.format_exc()))
+    conn.close()
+
+
+class DataParallel:
+    """The gradient of a batch for ``model``, computed by ``workers`` processes.
+
+    ``kind``, ``sizes``, ``num_objects`` and ``num_features`` are those ``model`` was built from
+    with :func:`training.build_model` (each worker builds a replica; its parameters are copied
+    from ``model`` at every step).  ``workers = 1`` starts no process.
+
+    The workers are fresh interpreters ("spawn"): each imports the main script again, so a
+    script that uses ``workers > 1`` must keep its work under ``if __name__ == "__main__":``.
+    Use as a context manager (or call :meth:`close`) so the worker processes end::
+
+        with DataParallel(model, "rmc", sizes, K, F, workers=2) as parallel:
+            loss, correct = parallel.gradient(x, y)    # model.grads now hold dL/dparams
+    """
+
+    def __init__(self, model, kind: str, sizes: Mapping, num_objects: int, num_features: int,
+                 *, workers: int = 1):
+        self.model = model
+        self.workers = layers.check_positive_int("workers", workers)
+        self._named = list(model.named_parameters())
+        self._conns, self._procs, self._shared_grads = [], [], []
+        if workers == 1:
+            return
+        dtype = np.dtype(model.dtype)
+        layout, size = _layout({name: p for name, p, _ in self._named})
+        ctx = mp.get_context("spawn")         # a clean interpreter: no inherited BLAS threads
+        params_buffer = ctx.RawArray("b", size * dtype.itemsize)
+        self._shared_params = _views(params_buffer, dtype, layout)
+        try:
+            for _ in range(workers - 1):
+                grads_buffer = ctx.RawArray("b", size * dtype.itemsize)
+                parent_end, child_end = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, daemon=True,
+                                   args=(child_end, kind, dict(sizes), num_objects,
+                                         num_features, dtype.name, params_buffer, grads_buffer,
+                                         layout))
+                proc.start()
+                child_end.close()
+                self._conns.append(parent_end)
+                self._procs.append(proc)
+                self._shared_grads.append(_views(grads_buffer, dtype, layout))
+        except BaseException:
+            self.close()
+            raise
+
+    def gradient(self, x: np.ndarray, y: np.ndarray):
+        """Set ``model.grads`` to dL/dparams of the batch (x (B, T, W_in), y (B,)), L its mean
+        cross-entropy; returns ``(L, correct)`` as :func:`batch_gradient` does."""
+        self.model.zero_grad()
+        if self.workers == 1:
+            return batch_gradient(self.model, x, y)
+        B = len(y)
+        if B < self.workers:
+            raise ValueError(f"batch size {B} is smaller than workers={self.workers}: every "
+                             "process needs at least one example")
+        bounds = np.linspace(0, B, self.workers + 1).round().astype(int)
+        shards = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        for name, p, _ in self._named:
+            np.copyto(self._shared_params[name], p)
+        for i, (conn, sl) in enumerate(zip(self._conns, shards[1:])):
+            try:
+                conn.send((x[sl], y[sl], (sl.stop - sl.start) / B))
+            except OSError:
+                raise RuntimeError(self._ended(i)) from None
+        own = shards[0]
+        weight = (own.stop - own.start) / B
+        loss, correct = batch_gradient(self.model, x[own], y[own], weight)
+        loss *= weight
+        for i, conn in enumerate(self._conns):
+            reply = self._receive(i, conn)
+            sl = shards[i + 1]
+            loss += reply[1] * (sl.stop - sl.start) / B
+            correct += reply[2]
+            shared = self._shared_grads[i]
+            for name, _, g in self._named:
+                g += shared[name]
+        return loss, correct
+
+    def _receive(self, i: int, conn):
+        if not conn.poll(_REPLY_TIMEOUT):
+            raise RuntimeError(f"data-parallel worker {i + 1} sent no gradient within "
+                               f"{_REPLY_TIMEOUT:g} s")
+        try:
+            reply = conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(self._ended(i)) from None
+        if reply[0] == "error":
+            raise RuntimeError(f"data-parallel worker {i + 1} failed:\n{reply[1]}")
+        return reply
+
+    def _ended(self, i: int) -> str:
+        self._procs[i].join(timeout=1)
+        return (f"data-parallel worker {i + 1} ended unexpectedly (exit code "
+                f"{self._procs[i].exitcode}); a script that starts workers needs the "
+                "'if __name__ == \"__main__\":' guard, because each worker imports it")
+
+    def close(self) -> None:
+        """Stop the worker processes (safe to call twice)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+                conn.close()
+            except (OSError, ValueError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        self._conns, self._procs, self._shared_grads = [], [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
