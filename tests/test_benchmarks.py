@@ -147,3 +147,14 @@ def test_torch_twin_matches_logits_and_every_gradient(model):
     assert set(t_grads) == set(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(g, t_grads[name], rtol=1e-8, atol=1e-11, err_msg=name)
+
+
+def test_bench_workers_quick_run_times_each_process_count():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_workers.py"),
+                           "--quick-run", "--workers", "1", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()
+            if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert rows[0][3] == "1.00x" and all(float(row[1]) > 0 for row in rows)
