@@ -71,11 +71,23 @@ def _worker_main(conn, kind: str, sizes: Mapping, num_objects: int, num_features
     """A worker process: rebuild the model, then answer gradient requests until told to stop."""
     # Ctrl-C reaches the whole process group: the parent finishes its step, saves and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import training                       # here, not at module level: training imports us
-    model = training.build_model(kind, sizes, num_objects, num_features, dtype=dtype)
+    try:
+        import training                   # here, not at module level: training imports us
+        model = training.build_model(kind, sizes, num_objects, num_features, dtype=dtype)
+        named = list(model.named_parameters())
+        got = [(name, p.shape) for name, p, _ in named]
+        want = [(name, shape) for name, _, _, shape in layout]
+        if got != want:
+            diff = [f"{g} here, {w} in the parent" for g, w in zip(got, want) if g != w][:3]
+            raise ValueError(f"the {kind} model built from sizes {dict(sizes)} does not match "
+                             f"the parent's model ({len(got)} against {len(want)} parameters; "
+                             f"first differences: {'; '.join(diff)})")
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready",))
     shared_params = _views(params_buffer, dtype, layout)
     shared_grads = _views(grads_buffer, dtype, layout)
-    named = list(model.named_parameters())
     while True:
         request = conn.recv()
         if request is None:
@@ -135,6 +147,8 @@ class DataParallel:
                 self._conns.append(parent_end)
                 self._procs.append(proc)
                 self._shared_grads.append(_views(grads_buffer, dtype, layout))
+            for i, conn in enumerate(self._conns):        # each has built its replica
+                self._receive(i, conn)
         except BaseException:
             self.close()
             raise
@@ -142,13 +156,13 @@ class DataParallel:
     def gradient(self, x: np.ndarray, y: np.ndarray):
         """Set ``model.grads`` to dL/dparams of the batch (x (B, T, W_in), y (B,)), L its mean
         cross-entropy; returns ``(L, correct)`` as :func:`batch_gradient` does."""
-        self.model.zero_grad()
-        if self.workers == 1:
-            return batch_gradient(self.model, x, y)
         B = len(y)
         if B < self.workers:
             raise ValueError(f"batch size {B} is smaller than workers={self.workers}: every "
                              "process needs at least one example")
+        self.model.zero_grad()
+        if self.workers == 1:
+            return batch_gradient(self.model, x, y)
         bounds = np.linspace(0, B, self.workers + 1).round().astype(int)
         shards = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         for name, p, _ in self._named:

@@ -64,6 +64,9 @@ def test_a_failing_worker_is_reported_and_bad_worker_counts_are_refused():
         DataParallel(model, "rmc", SIZES, K, F, workers=0)
     with pytest.raises(TypeError, match="workers must be an integer"):
         DataParallel(model, "rmc", SIZES, K, F, workers=2.0)
+    # Sizes that do not build this model: refused when the workers start, not at a step.
+    with pytest.raises(RuntimeError, match="(?s)worker 1 failed.*does not match the parent's model"):
+        DataParallel(model, "rmc", dict(SIZES, head_size=8), K, F, workers=2)
 
 
 def test_a_run_with_two_workers_follows_the_one_process_run_and_resumes(tmp_path):
