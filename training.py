@@ -1449,6 +1449,16 @@ def _lr_applies_to_all(args: argparse.Namespace, cfg: dict) -> None:
         cfg["lr_by_model"] = None
 
 
+def _check_lr_kinds(args: argparse.Namespace, kinds: Sequence[str]) -> None:
+    """A rate given in --lr-by-model for a model the run does not train would be stored and
+    never used: refuse it."""
+    rates = args.lr_by_model if isinstance(args.lr_by_model, dict) else {}
+    unused = [kind for kind in rates if kind not in kinds]
+    if unused:
+        raise UsageError(f"--lr-by-model sets a rate for {', '.join(unused)}, which the run "
+                         f"does not train (model(s) {','.join(kinds)})")
+
+
 def _check_train_config(cfg: dict) -> None:
     """Cross-checks of the training settings (single values are checked by the parser)."""
     try:
@@ -1500,6 +1510,7 @@ def _resolve_new(args: argparse.Namespace) -> tuple[dict, str, list[str]]:
     preset_name = args.preset or "quick"
     preset = PRESETS[preset_name]
     kinds = args.model or list(MODEL_KINDS)
+    _check_lr_kinds(args, kinds)
     cfg = {"preset": preset_name, "models": kinds}
     for key in TRAIN_KEYS:
         cfg[key] = _cli_value(key, getattr(args, key)) if _given(args, key) \
@@ -1651,6 +1662,7 @@ def _resolve_branch(args: argparse.Namespace) -> tuple[dict, str, list[str], dic
     _lr_applies_to_all(args, cfg)
     _check_train_config(cfg)
     kinds = _run_kinds(args, cfg, parent)
+    _check_lr_kinds(args, kinds)
     checkpoints = {}
     for kind in kinds:
         found = _load_run_checkpoint(parent, kind, cfg, "--branch-from", BRANCH_KEYS)

@@ -625,10 +625,11 @@ def test_lr_by_model_sets_the_rates_of_the_named_models(tmp_path, monkeypatch):
     monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
     out = tmp_path / "p"
     assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM, "--preset", "quick",
-                    "--lr", "5e-4", "--lr-by-model", "lstm=1e-3, rmc=7e-4"]) == 0
+                    "--lr", "5e-4", "--lr-by-model", "lstm=1e-3"]) == 0
     assert load_checkpoint(out / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == 1e-3
     cfg = json.loads((out / "run_config.json").read_text())
-    assert cfg["lr"] == 5e-4 and cfg["lr_by_model"] == {"lstm": 1e-3, "rmc": 7e-4}
+    assert cfg["lr"] == 5e-4 and cfg["lr_by_model"] == {"lstm": 1e-3}
+    assert training._lr_by_model("lstm=1e-3, RMC=7e-4") == {"lstm": 1e-3, "rmc": 7e-4}
     out2 = tmp_path / "q"                  # 'none' drops the preset's per-model rate
     assert run_cli(["--model", "lstm", "--steps", 2, "--out", out2, *LSTM, "--preset", "quick",
                     "--lr-by-model", "none"]) == 0
@@ -637,7 +638,8 @@ def test_lr_by_model_sets_the_rates_of_the_named_models(tmp_path, monkeypatch):
         training.PRESETS["quick"]["train"]["lr"]
 
 
-@pytest.mark.parametrize("value", ["lstm", "gru=1e-3", "lstm=0", "lstm=x", "lstm=1e-3,"])
+@pytest.mark.parametrize("value", ["lstm", "gru=1e-3", "lstm=0", "lstm=x", "lstm=1e-3,",
+                                   "rmc=1e-3"])
 def test_bad_lr_by_model_is_refused(tmp_path, capsys, value):
     out = tmp_path / "p"
     assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM,
@@ -715,6 +717,7 @@ def test_branch_trains_on_with_its_own_rate_and_batch_and_resumes(tmp_path, caps
     (["--resume", "PARENT"], "exclude each other"),
     (["--model", "rmc"], "--model rmc is not part of the run"),
     (["--steps", "5"], "beyond --steps 5"),
+    (["--lr-by-model", "rrnn=1e-3"], "sets a rate for rrnn, which the run does not train"),
 ])
 def test_bad_branches_are_refused_before_writing_anything(tmp_path, capsys, extra, message):
     parent, branch = tmp_path / "parent", tmp_path / "branch"
