@@ -680,6 +680,16 @@ def _make_optimizer(model, cfg: Mapping, kind: str) -> Adam:
     return Adam(model, lr=lr, clip_norm=cfg["clip_norm"], schedule=schedule)
 
 
+def _resumed_optimizer(model, info: Mapping, cfg: Mapping, kind: str) -> Adam:
+    """The Adam of a resumed (or branched) model: the run config decides the rate, its
+    schedule and the clipping (a branch may change them); the checkpoint ``info`` gives the
+    step count and the moments."""
+    optimizer = _make_optimizer(model, cfg, kind)
+    optimizer.load_state_dict({k: v for k, v in info["optimizer"].items()
+                               if k not in ("lr", "schedule", "clip_norm")})
+    return optimizer
+
+
 def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
                 resume_from=None, log=print, progress_stream=None, progress: bool = True,
                 stop: StopRequest | None = None, workers: int = 1) -> dict:
@@ -718,11 +728,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
 
     if resume_from is not None:
         model, info = resume_from
-        optimizer = _make_optimizer(model, cfg, kind)
-        # The run config decides the rate, its schedule and the clipping (a branch may change
-        # them); the checkpoint gives the step count and the moments.
-        optimizer.load_state_dict({k: v for k, v in info["optimizer"].items()
-                                   if k not in ("lr", "schedule", "clip_norm")})
+        optimizer = _resumed_optimizer(model, info, cfg, kind)
         if info.get("weights") == "averaged":
             raise CheckpointError("resuming needs the last training iterate: load the "
                                   "checkpoint with load_checkpoint(..., averaged=False)")
@@ -1684,7 +1690,7 @@ def _start_branch(cfg: Mapping, run_dir: str, checkpoints: Mapping) -> None:
     """Write the first files of a branch: per model the parent's metrics up to the branch step
     followed by a ``branch`` event, and the parent's checkpoint re-labelled with this run's
     config (so ``--resume`` of the branch starts from it even before its first save)."""
-    for kind, (_, info) in checkpoints.items():
+    for kind, (model, info) in checkpoints.items():
         step = int(info["step"])
         model_dir = os.path.join(run_dir, kind)
         os.makedirs(model_dir, exist_ok=True)
@@ -1698,6 +1704,10 @@ def _start_branch(cfg: Mapping, run_dir: str, checkpoints: Mapping) -> None:
             arrays = {k: archive[k] for k in archive.files}
         meta = json.loads(str(arrays["meta"][()]))
         meta["run_config"] = dict(cfg)
+        # The optimizer entry as the branch's own first save would write it (its rate,
+        # schedule and clipping; the moments stay in the arrays).
+        optimizer = _resumed_optimizer(model, info, cfg, kind).state_dict()
+        meta["optimizer"] = {k: v for k, v in optimizer.items() if k not in ("m", "v")}
         arrays["meta"] = np.array(json.dumps(_json_safe(meta)))
         _atomic_write_bytes(os.path.join(model_dir, CHECKPOINT_NAME),
                             lambda fh: np.savez(fh, **arrays))

@@ -695,7 +695,15 @@ def test_branch_trains_on_with_its_own_rate_and_batch_and_resumes(tmp_path, caps
                     *QUIET]) == 0
     out = capsys.readouterr().out
     assert "branched from" in out and "--lr" in out and "--batch-size 8 -> 4" in out
-    assert load_checkpoint(branch / "lstm")[1]["step"] == 10
+    first = load_checkpoint(branch / "lstm", averaged=False)[1]
+    assert first["step"] == 10 and first["optimizer"]["t"] == 10
+    # Its optimizer entry is the branch's own (rate and schedule), not the parent's.
+    assert first["optimizer"]["schedule"]["initial_lr"] == 3e-3
+    assert first["optimizer"]["schedule"]["type"] == "ExponentialDecay"
+    parent_info = load_checkpoint(parent / "lstm", averaged=False)[1]
+    for moment in ("m", "v"):
+        for name, value in parent_info["optimizer"][moment].items():
+            assert np.array_equal(first["optimizer"][moment][name], value)
     assert run_cli(["--resume", branch, "--steps", 15, *QUIET]) == 0
     lines = strict_json_lines(branch / "lstm" / "metrics.jsonl")
     assert [e["step"] for e in lines if e["event"] == "resume"] == [10]
