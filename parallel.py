@@ -51,6 +51,16 @@ def batch_gradient(model, x: np.ndarray, y: np.ndarray, weight: float = 1.0):
     return loss, correct
 
 
+def check_workers(workers, batch_size: int) -> int:
+    """Return ``workers`` as an int, or raise if it is not in [1, batch_size] (every process
+    needs one example of the batch at least)."""
+    workers = layers.check_positive_int("workers", workers)
+    if workers > batch_size:
+        raise ValueError(f"workers={workers} exceeds the batch size {batch_size}: every process "
+                         "needs one example at least")
+    return workers
+
+
 def _layout(named: Mapping[str, np.ndarray]):
     """``(name, start, stop, shape)`` of each array in one flat buffer, and the total size."""
     entries, start = [], 0
@@ -157,9 +167,7 @@ class DataParallel:
         """Set ``model.grads`` to dL/dparams of the batch (x (B, T, W_in), y (B,)), L its mean
         cross-entropy; returns ``(L, correct)`` as :func:`batch_gradient` does."""
         B = len(y)
-        if B < self.workers:
-            raise ValueError(f"batch size {B} is smaller than workers={self.workers}: every "
-                             "process needs at least one example")
+        check_workers(self.workers, B)
         self.model.zero_grad()
         if self.workers == 1:
             return batch_gradient(self.model, x, y)

@@ -43,8 +43,8 @@ import numpy as np
 
 import layers
 import nth_farthest as nf
-from parallel import DataParallel
 from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDecay
+from parallel import DataParallel, check_workers
 
 MODEL_KINDS = ("rmc", "lstm", "rrnn")
 MODEL_TITLES = {"rmc": "RMC (relational memory core)", "lstm": "LSTM baseline",
@@ -709,10 +709,7 @@ def train_model(kind: str, cfg: Mapping, run_dir: str, eval_set: nf.EvalSet, *,
     status ``finished``, ``time_budget``, ``interrupted`` or ``nan``.
     """
     progress_stream = sys.stderr if progress_stream is None else progress_stream
-    workers = layers.check_positive_int("workers", workers)
-    if workers > cfg["batch_size"]:
-        raise ValueError(f"workers must be at most the batch size {cfg['batch_size']} (one "
-                         f"example per process at least), got {workers}")
+    workers = check_workers(workers, cfg["batch_size"])
     K, F = cfg["num_objects"], cfg["num_features"]
     dtype = np.dtype(cfg["dtype"])
     phases = normalize_phases(cfg["phases"])
@@ -1730,9 +1727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cfg, run_dir, kinds = _resolve_new(args)
             checkpoints = {}
-        if args.workers > cfg["batch_size"]:
-            raise UsageError(f"--workers {args.workers} exceeds the batch size "
-                             f"{cfg['batch_size']}: each process needs one example at least")
+        try:
+            check_workers(args.workers, cfg["batch_size"])
+        except ValueError as exc:
+            raise UsageError(f"--{exc}") from None
     except UsageError as exc:
         print(f"nth_farthest.py: error: {exc}", file=sys.stderr)
         return 2

@@ -267,7 +267,7 @@ def test_bad_checkpoints_are_refused_with_a_clear_message(tmp_path, capsys):
     (["--resume", "x", "--lr", "0.1"], "cannot be combined with --lr"),
     (["--workers", "0"], "--workers"),
     (["--workers", "two"], "--workers"),
-    (["--batch-size", "8", "--workers", "9"], "--workers 9 exceeds the batch size 8"),
+    (["--batch-size", "8", "--workers", "9"], "--workers=9 exceeds the batch size 8"),
 ])
 def test_bad_arguments_exit_non_zero_before_writing_anything(tmp_path, capsys, argv, message):
     out = tmp_path / "out"

@@ -58,7 +58,7 @@ def test_a_failing_worker_is_reported_and_bad_worker_counts_are_refused():
     with DataParallel(model, "rmc", SIZES, K, F, workers=2) as parallel:
         with pytest.raises(RuntimeError, match="worker 1 failed"):
             parallel.gradient(x, y_bad)
-        with pytest.raises(ValueError, match="batch size 1 is smaller than workers=2"):
+        with pytest.raises(ValueError, match="workers=2 exceeds the batch size 1"):
             parallel.gradient(x[:1], y[:1])
     with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
         DataParallel(model, "rmc", SIZES, K, F, workers=0)
