@@ -1021,6 +1021,14 @@ def _attention_heatmap(run_dir: str, cfg: Mapping, eval_set: nf.EvalSet | None) 
                                         row_objects=ids, title=title)
 
 
+def _format_table(rows: Sequence[Sequence]) -> list[str]:
+    """Left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def summary_table(results: Mapping) -> str:
     """The end-of-run table: one row per model."""
     header = ("model", "params", "steps", "wall time", "held-out acc", "held-out loss",
@@ -1032,9 +1040,7 @@ def summary_table(results: Mapping) -> str:
                      f"{r['steps_done']}/{r['steps']}", _fmt_duration(r["wall_time"]),
                      _fmt_float(final.get("heldout_acc")), _fmt_float(final.get("heldout_loss")),
                      _fmt_float(r.get("best_heldout_acc")), r["status"]))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _format_table(rows)
     chance = results.get("chance_accuracy")
     if chance is not None:
         lines.append(f"(chance accuracy 1/{results['config']['num_objects']} = {chance:.3f}; "
@@ -1282,6 +1288,12 @@ def _epilog() -> str:
         "  model sizes, seed, dtype and held-out set stay DIR's.  Continue a branch with",
         "  --resume NEW.",
         "",
+        "evaluate: --evaluate DIR trains nothing and writes nothing: it loads each model's",
+        "  checkpoint in DIR and prints its held-out accuracy, loss and accuracy per n, for the",
+        "  averaged weights and (when the run keeps an average) the last iterate.  By default",
+        "  it uses the run's own held-out set, so it reproduces the last evaluation; --eval-size",
+        "  N --eval-seed S draws a fresh one (e.g. 20000 examples with another seed).",
+        "",
         "threads: small matrices run fastest on one BLAS thread; when this file is run as a",
         "  script, --threads N (default 1; 0 = the BLAS library's default) is applied before",
         "  NumPy loads.  An OPENBLAS_NUM_THREADS/OMP_NUM_THREADS already set is kept unless",
@@ -1302,6 +1314,7 @@ def _epilog() -> str:
         "      --out runs/rmc-nocurr",
         "  python nth_farthest.py --model rmc --preset paper --time-budget 3600 --out runs/paper",
         "  python nth_farthest.py --resume runs/paper --time-budget 3600",
+        "  python nth_farthest.py --evaluate runs/paper --eval-size 20000 --eval-seed 777",
         "  python -c \"import training; m, info = training.load_checkpoint('runs/quick/rmc')\"",
     ]
     return "\n".join(lines)
@@ -1325,6 +1338,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--branch-from", metavar="DIR",
                      help="start a new run (--out) from the checkpoints of the run in DIR and "
                           "go on with other optimisation settings; see 'branch' below")
+    run.add_argument("--evaluate", metavar="DIR",
+                     help="train nothing: print the held-out accuracy, loss and accuracy per n "
+                          "of the checkpoints in DIR (averaged weights and last iterate) on "
+                          "--eval-size examples drawn with --eval-seed (default: the run's own "
+                          "held-out set); writes nothing")
     run.add_argument("--time-budget", type=_optional(_nonneg_float), metavar="SECONDS",
                      help="wall-clock limit per model and per invocation, then stop cleanly "
                           "with a checkpoint; 0 or none = no limit (presets: "
@@ -1560,6 +1578,10 @@ _BRANCH_FORBIDDEN = [k for k in TRAIN_KEYS if k not in BRANCH_KEYS] + list(SIZE_
     + ["preset"]
 
 
+_OPTION_VERBS = {"--resume": "resume", "--branch-from": "branch from",
+                 "--evaluate": "evaluate"}
+
+
 def _read_run_config(run_dir: str, option: str) -> dict:
     """The ``run_config.json`` of the run in ``run_dir`` (``option`` names the flag in errors)."""
     config_path = os.path.join(run_dir, RUN_CONFIG_NAME)
@@ -1567,7 +1589,7 @@ def _read_run_config(run_dir: str, option: str) -> dict:
         raise UsageError(f"{option} {run_dir}: no such folder")
     if not os.path.isfile(config_path):
         raise UsageError(f"{option} {run_dir}: no {RUN_CONFIG_NAME} there, so no run to "
-                         f"{'resume' if option == '--resume' else 'branch from'}")
+                         f"{_OPTION_VERBS[option]}")
     try:
         cfg = read_json(config_path)
         if not isinstance(cfg, dict):
@@ -1711,6 +1733,73 @@ def _start_branch(cfg: Mapping, run_dir: str, checkpoints: Mapping) -> None:
                             lambda fh: np.savez(fh, **arrays))
 
 
+# What --evaluate reads from the command line besides its run folder (and --model, --threads).
+_EVALUATE_KEYS = ("eval_size", "eval_seed")
+
+
+def _resolve_evaluate(args: argparse.Namespace) -> tuple[dict, str, dict, int, int]:
+    """The run in --evaluate, its checkpoints per model (averaged weights first, then the last
+    iterate when the run kept an average) and the held-out set's size and seed (default: the
+    run's own held-out set)."""
+    run_dir = args.evaluate
+    changed = [_option(k) for k in (*TRAIN_KEYS, *SIZE_KEYS, "preset", "out")
+               if k not in _EVALUATE_KEYS and _given(args, k)]
+    if args.workers != 1:
+        changed.append("--workers")
+    if changed:
+        raise UsageError(f"--evaluate only reads the run in its folder; it cannot be combined "
+                         f"with {', '.join(changed)} (only --eval-size, --eval-seed, --model, "
+                         "--threads)")
+    cfg = _read_run_config(run_dir, "--evaluate")
+    kinds = _run_kinds(args, cfg, run_dir)
+    checkpoints = {}
+    for kind in kinds:
+        path = os.path.join(run_dir, kind, CHECKPOINT_NAME)
+        if not os.path.exists(path):
+            continue
+        try:
+            loaded = [load_checkpoint(path, expect_kind=kind, averaged=True)]
+            if loaded[0][1]["weights"] == "averaged":
+                loaded.append(load_checkpoint(path, expect_kind=kind, averaged=False))
+        except CheckpointError as exc:
+            raise UsageError(f"--evaluate {run_dir}: {exc}") from None
+        checkpoints[kind] = loaded
+    if not checkpoints:
+        raise UsageError(f"--evaluate {run_dir}: no checkpoint of {', '.join(kinds)} there yet")
+    size = cfg["eval_size"] if args.eval_size is None else args.eval_size
+    seed = cfg["eval_seed"] if args.eval_seed is None else args.eval_seed
+    return cfg, run_dir, checkpoints, size, seed
+
+
+def evaluate_run(cfg: Mapping, run_dir: str, checkpoints: Mapping, size: int, seed: int) -> int:
+    """Print the held-out metrics of every checkpoint in ``checkpoints`` (as
+    :func:`_resolve_evaluate` returns them) on ``size`` examples of the run's full task drawn
+    with ``seed``; writes nothing.  Returns the exit status: 1 if a loss is NaN/Inf, else 0."""
+    K, F = cfg["num_objects"], cfg["num_features"]
+    same = size == cfg["eval_size"] and seed == cfg["eval_seed"]
+    print(f"evaluating {run_dir}: {size} examples of the full {K} x {F} task, held-out seed "
+          f"{seed}" + (" (the run's own held-out set)" if same else ""), flush=True)
+    eval_set = nf.make_eval_set(seed, size, K, F, dtype=cfg["dtype"])
+    rows = [("model", "step", "wall time", "weights", "held-out acc", "held-out loss",
+             f"acc per n (n = 0 ... {K - 1})")]
+    finite = True
+    for kind, loaded in checkpoints.items():
+        for model, info in loaded:
+            metrics = evaluate(model, eval_set, K)
+            finite = finite and bool(np.isfinite(metrics["heldout_loss"]))
+            rows.append((kind, info["step"], _fmt_duration(info.get("wall_time")),
+                         info["weights"], _fmt_float(metrics["heldout_acc"]),
+                         _fmt_float(metrics["heldout_loss"]),
+                         " ".join("-" if a is None else f"{a:.3f}"
+                                  for a in metrics["acc_per_n"])))
+    print("\n".join(_format_table(rows)), flush=True)
+    if not finite:
+        print("nth_farthest.py: a held-out loss is NaN or Inf: those weights are broken",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line of ``nth_farthest.py``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1720,6 +1809,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume is not None and args.branch_from is not None:
             raise UsageError("--resume and --branch-from exclude each other: resume a branch "
                              "with --resume BRANCH_DIR")
+        if args.evaluate is not None:
+            if args.resume is not None or args.branch_from is not None:
+                raise UsageError("--evaluate reads a run and trains nothing: it excludes "
+                                 "--resume and --branch-from")
+            return evaluate_run(*_resolve_evaluate(args))
         if args.resume is not None:
             cfg, run_dir, kinds, checkpoints = _resolve_resume(args)
         elif args.branch_from is not None:

@@ -2,6 +2,7 @@
 curriculum, that learning happens, checkpoints and bad arguments.  Tiny models, tens of steps."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -750,3 +751,107 @@ def test_branch_refuses_an_out_folder_holding_a_run_and_a_run_without_checkpoint
     (parent / "lstm" / "checkpoint.npz").unlink()
     assert run_cli(["--branch-from", parent, "--out", tmp_path / "b", *QUIET]) == 2
     assert "no checkpoint there to branch from" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# --evaluate: held-out metrics of a run's checkpoints, nothing written
+# --------------------------------------------------------------------------------------------
+
+
+def folder_state(folder):
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def evaluate_rows(stdout):
+    """The table rows of ``--evaluate``: (model, step, weights, acc, loss, per-n values)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model")) + 2
+    rows = []
+    for line in lines[start:]:
+        # columns are 2+ spaces apart: model, step, wall time, weights, acc, loss, per n
+        kind, step, _, weights, acc, loss, per_n = re.split(r"\s{2,}", line)
+        rows.append((kind, int(step), weights, float(acc), float(loss),
+                     [float(a) for a in per_n.split()]))
+    return rows
+
+
+def test_evaluate_reproduces_the_last_evaluation_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "rmc,lstm", "--steps", 12, "--out", out, *TINY,
+                    "--ema-decay", "0.9"]) == 0
+    before = folder_state(out)
+    capsys.readouterr()
+    assert run_cli(["--evaluate", out]) == 0
+    stdout = capsys.readouterr().out
+    assert "64 examples of the full 4 x 4 task" in stdout and "own held-out set" in stdout
+    rows = evaluate_rows(stdout)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("rmc", 12, "averaged"), ("rmc", 12, "last"), ("lstm", 12, "averaged"),
+        ("lstm", 12, "last")]
+    for kind in ("rmc", "lstm"):
+        last_eval = [e for e in strict_json_lines(out / kind / "metrics.jsonl")
+                     if e["event"] == "eval"][-1]
+        averaged, last = [r for r in rows if r[0] == kind]
+        assert averaged[3] == pytest.approx(last_eval["heldout_acc"], abs=5e-4)
+        assert averaged[4] == pytest.approx(last_eval["heldout_loss"], abs=5e-4)
+        assert last[3] == pytest.approx(last_eval["last_iterate_acc"], abs=5e-4)
+        assert averaged[5] == pytest.approx(last_eval["acc_per_n"], abs=5e-4)
+    assert folder_state(out) == before
+
+
+def test_evaluate_on_a_fresh_held_out_set_and_one_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "lstm", "--steps", 6, "--out", out, *LSTM,
+                    "--ema-decay", "none"]) == 0
+    capsys.readouterr()
+    assert run_cli(["--evaluate", out, "--model", "lstm", "--eval-size", 300,
+                    "--eval-seed", 5]) == 0
+    stdout = capsys.readouterr().out
+    assert "300 examples" in stdout and "seed 5" in stdout and "own held-out set" not in stdout
+    (row,) = evaluate_rows(stdout)                      # no average kept: the last iterate only
+    assert row[:3] == ("lstm", 6, "last")
+    model, _ = load_checkpoint(out / "lstm")
+    expected = training.evaluate(model, nf.make_eval_set(5, 300, 4, 4, dtype=np.float32), 4)
+    assert row[3] == pytest.approx(expected["heldout_acc"], abs=5e-4)
+
+
+def test_evaluate_reports_broken_weights_with_exit_status_1(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "lstm", "--steps", 6, "--out", out, *LSTM]) == 0
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate",
+                        lambda *a, **k: dict(real(*a, **k), heldout_loss=float("nan")))
+    capsys.readouterr()
+    assert run_cli(["--evaluate", out]) == 1
+    assert "NaN or Inf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "1e-3"], "cannot be combined with --lr"),
+    (["--workers", "2"], "cannot be combined with --workers"),
+    (["--resume", "X"], "excludes --resume and --branch-from"),
+    (["--model", "rrnn"], "--model rrnn is not part of the run"),
+])
+def test_bad_evaluate_arguments_are_refused(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM]) == 0
+    before = folder_state(out)
+    capsys.readouterr()
+    assert run_cli(["--evaluate", out, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert folder_state(out) == before
+
+
+def test_evaluate_refuses_a_folder_without_a_run_or_checkpoints(tmp_path, capsys):
+    assert run_cli(["--evaluate", tmp_path / "none"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert run_cli(["--evaluate", tmp_path]) == 2
+    assert "no run_config.json there, so no run to evaluate" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM]) == 0
+    (out / "lstm" / "checkpoint.npz").unlink()
+    capsys.readouterr()
+    assert run_cli(["--evaluate", out]) == 2
+    assert "no checkpoint of lstm there yet" in capsys.readouterr().err
