@@ -56,6 +56,7 @@ from lstm_baseline import LSTM, LSTMClassifier
 from optimizer import Adam
 from relational_memory import RelationalMemory, RMCClassifier
 from relational_rnn_cell import RelationalRNN, RelationalRNNClassifier
+from report import format_table
 
 PROG = "test_relational_rnn_demo.py"
 
@@ -377,19 +378,6 @@ def fmt(value, digits: int = 3) -> str:
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 10.0 ** -digits):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}f}"
-
-
-def format_table(header, rows, *, left: int = 1) -> str:
-    """An aligned text table: the first ``left`` columns left-aligned, the others right-aligned,
-    a rule under the header."""
-    rows = [[str(c) for c in row] for row in rows]
-    header = [str(c) for c in header]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def section(title: str) -> str:

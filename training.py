@@ -45,6 +45,7 @@ import layers
 import nth_farthest as nf
 from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDecay
 from parallel import DataParallel, check_workers
+from report import format_table
 
 MODEL_KINDS = ("rmc", "lstm", "rrnn")
 MODEL_TITLES = {"rmc": "RMC (relational memory core)", "lstm": "LSTM baseline",
@@ -1021,26 +1022,18 @@ def _attention_heatmap(run_dir: str, cfg: Mapping, eval_set: nf.EvalSet | None) 
                                         row_objects=ids, title=title)
 
 
-def _format_table(rows: Sequence[Sequence]) -> list[str]:
-    """Left-aligned columns, the first row a header underlined with dashes."""
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def summary_table(results: Mapping) -> str:
     """The end-of-run table: one row per model."""
     header = ("model", "params", "steps", "wall time", "held-out acc", "held-out loss",
               "best acc", "status")
-    rows = [header]
+    rows = []
     for kind, r in results["models"].items():
         final = r.get("final") or {}
         rows.append((kind, f"{r.get('num_parameters', 0):,}",
                      f"{r['steps_done']}/{r['steps']}", _fmt_duration(r["wall_time"]),
                      _fmt_float(final.get("heldout_acc")), _fmt_float(final.get("heldout_loss")),
                      _fmt_float(r.get("best_heldout_acc")), r["status"]))
-    lines = _format_table(rows)
+    lines = [format_table(header, rows)]
     chance = results.get("chance_accuracy")
     if chance is not None:
         lines.append(f"(chance accuracy 1/{results['config']['num_objects']} = {chance:.3f}; "
@@ -1780,8 +1773,9 @@ def evaluate_run(cfg: Mapping, run_dir: str, checkpoints: Mapping, size: int, se
     print(f"evaluating {run_dir}: {size} examples of the full {K} x {F} task, held-out seed "
           f"{seed}" + (" (the run's own held-out set)" if same else ""), flush=True)
     eval_set = nf.make_eval_set(seed, size, K, F, dtype=cfg["dtype"])
-    rows = [("model", "step", "wall time", "weights", "held-out acc", "held-out loss",
-             f"acc per n (n = 0 ... {K - 1})")]
+    header = ("model", "step", "wall time", "weights", "held-out acc", "held-out loss",
+              f"acc per n (n = 0 ... {K - 1})")
+    rows = []
     finite = True
     for kind, loaded in checkpoints.items():
         for model, info in loaded:
@@ -1792,7 +1786,7 @@ def evaluate_run(cfg: Mapping, run_dir: str, checkpoints: Mapping, size: int, se
                          _fmt_float(metrics["heldout_loss"]),
                          " ".join("-" if a is None else f"{a:.3f}"
                                   for a in metrics["acc_per_n"])))
-    print("\n".join(_format_table(rows)), flush=True)
+    print(format_table(header, rows, left=1), flush=True)
     if not finite:
         print("nth_farthest.py: a held-out loss is NaN or Inf: those weights are broken",
               file=sys.stderr)
