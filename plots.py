@@ -9,6 +9,12 @@ The functions take plain data, so the training CLI, the demo and user scripts sh
 * :func:`plot_attention_heatmap` -- the attention of a relational memory core on one example:
   one panel per (head, time step), query rows = memory slots, columns = slots + the input row.
 
+As a script it overlays the learning curves of models from several runs, e.g. two rows of the
+summary's 8 x 16 table::
+
+    python plots.py runs/rmc-8x16 runs/rmc-8x16-4heads --label "2 heads" --label "4 heads" \
+        --out compare.png
+
 Metrics lines are dicts with an ``"event"`` key:
 
 * ``"eval"``: ``step``, ``wall_time`` (seconds), ``heldout_acc``, ``heldout_loss``,
@@ -25,10 +31,12 @@ canvas), so importing this module never changes the caller's matplotlib backend.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -336,3 +344,81 @@ def plot_attention_heatmap(weights: np.ndarray, path: str | os.PathLike, *,
     path = os.fspath(path)
     fig.savefig(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: the learning curves of several runs on one figure
+# --------------------------------------------------------------------------------------------
+
+def _model_folders(folder: str) -> list[str]:
+    """``folder`` itself when it holds a metrics file (one model), else its model sub-folders
+    that hold one (a run folder); ValueError naming the folder when there is none."""
+    from training import METRICS_NAME      # the layout of a run folder is training's
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder")
+    if os.path.isfile(os.path.join(folder, METRICS_NAME)):
+        return [folder]
+    found = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                   if os.path.isfile(os.path.join(folder, name, METRICS_NAME)))
+    if not found:
+        raise ValueError(f"{folder}: neither a model folder (with {METRICS_NAME}) nor a run "
+                         f"folder (with <model>/{METRICS_NAME})")
+    return found
+
+
+def _num_objects(model_folder: str) -> int | None:
+    """The run's number of objects from the run config beside the model folder, if readable."""
+    from training import RUN_CONFIG_NAME, read_json
+    path = os.path.join(os.path.dirname(os.path.abspath(model_folder)), RUN_CONFIG_NAME)
+    try:
+        value = read_json(path).get("num_objects")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="plots.py", description="Overlay the learning curves of models from several "
+        "N-th Farthest runs on one figure (held-out accuracy and loss against steps and wall "
+        "time, one accuracy-per-n panel per model), e.g. to compare two configurations.")
+    p.add_argument("folders", nargs="+", metavar="FOLDER",
+                   help="a run folder (every model in it) or a model folder (RUN/rmc)")
+    p.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
+    p.add_argument("--label", action="append", metavar="TEXT",
+                   help="legend label, once per model drawn, in order (default: RUN/MODEL)")
+    p.add_argument("--title", help="figure title")
+    p.add_argument("--dpi", type=int, default=110, help="resolution (default 110)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python plots.py FOLDER ... --out PNG``; returns the exit status (2: bad arguments)."""
+    from training import METRICS_NAME
+    args = _compare_parser().parse_args(argv)
+    try:
+        models = [m for folder in args.folders for m in _model_folders(folder)]
+        labels = args.label or [os.path.join(os.path.basename(os.path.dirname(
+            os.path.abspath(m))), os.path.basename(os.path.abspath(m))) for m in models]
+        if len(labels) != len(models):
+            raise ValueError(f"--label: {len(labels)} given for {len(models)} models "
+                             f"({', '.join(models)})")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"--label: the labels must differ, got {labels}")
+        if args.dpi <= 0:
+            raise ValueError(f"--dpi must be positive, got {args.dpi}")
+        metrics = {label: read_metrics(os.path.join(m, METRICS_NAME))
+                   for label, m in zip(labels, models)}
+    except (OSError, ValueError) as exc:
+        print(f"plots.py: error: {exc}", file=sys.stderr)
+        return 2
+    objects = {_num_objects(m) for m in models}
+    chance = 1.0 / objects.pop() if len(objects) == 1 and None not in objects else None
+    path = plot_learning_curves(metrics, args.out, chance=chance, title=args.title,
+                                dpi=args.dpi)
+    print(f"wrote {path} ({len(models)} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
