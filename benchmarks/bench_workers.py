@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/bench_workers.py                        # RMC of the 8 x 16 runs, 1 and 2
     python benchmarks/bench_workers.py --model lstm --num-objects 4 --num-features 4 --mem-slots 4
+    python benchmarks/bench_workers.py --num-heads 4 --head-size 16   # row 9 of the 8 x 16 table
     python benchmarks/bench_workers.py --quick-run            # a few seconds: smoke test
 """
 from __future__ import annotations
@@ -48,6 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-features", type=int, default=16, help="F (default 16)")
     p.add_argument("--mem-slots", type=int, default=8,
                    help="memory slots of rmc/rrnn (default 8; the preset's other sizes)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads of rmc/rrnn (default: the preset's, 2)")
+    p.add_argument("--head-size", type=int, default=None,
+                   help="value width per head of rmc/rrnn (default: the preset's, 32)")
     p.add_argument("--batch-size", type=int, default=128, help="B (default 128)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--repeats", type=int, default=30, help="timed steps (default 30)")
@@ -58,6 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick_run:
         args.num_objects, args.num_features, args.mem_slots = 3, 2, 2
         args.batch_size, args.repeats, args.warmup = 8, 3, 1
+    if args.model == "lstm" and (args.num_heads is not None or args.head_size is not None):
+        p.error("--num-heads and --head-size apply to rmc and rrnn, not to lstm")
+    for name in ("num_heads", "head_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if min(args.workers) < 1 or max(args.workers) > args.batch_size:
         p.error(f"--workers must lie in [1, batch size {args.batch_size}], got {args.workers}")
     return args
@@ -67,6 +77,9 @@ def model_sizes(args) -> dict:
     sizes = dict(training.PRESETS["curriculum"]["models"][args.model])
     if "mem_slots" in sizes:
         sizes["mem_slots"] = args.mem_slots
+        for key in ("num_heads", "head_size"):
+            if getattr(args, key) is not None:
+                sizes[key] = getattr(args, key)
     if args.quick_run:
         sizes.update({k: v for k, v in dict(head_size=4, hidden_size=8, mlp_hidden=[16]).items()
                       if k in sizes})

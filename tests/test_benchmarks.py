@@ -158,3 +158,16 @@ def test_bench_workers_quick_run_times_each_process_count():
             if line.strip()[:1].isdigit()]
     assert [row[0] for row in rows] == ["1", "2"]
     assert rows[0][3] == "1.00x" and all(float(row[1]) > 0 for row in rows)
+
+
+def test_bench_workers_times_the_heads_asked_for_and_refuses_them_for_the_lstm():
+    script = str(ROOT / "benchmarks" / "bench_workers.py")
+    small = ["--workers", "1", "--repeats", "1", "--warmup", "0", "--num-objects", "3",
+             "--num-features", "2", "--mem-slots", "2", "--batch-size", "8"]
+    proc = subprocess.run([sys.executable, script, *small, "--num-heads", "3", "--head-size",
+                           "4"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "'num_heads': 3" in proc.stdout and "'head_size': 4" in proc.stdout
+    proc = subprocess.run([sys.executable, script, "--model", "lstm", "--num-heads", "4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "apply to rmc and rrnn, not to lstm" in proc.stderr
