@@ -350,15 +350,15 @@ def plot_attention_heatmap(weights: np.ndarray, path: str | os.PathLike, *,
 # Command line: the learning curves of several runs on one figure
 # --------------------------------------------------------------------------------------------
 
-def _model_folders(folder: str) -> list[str]:
-    """``folder`` itself when it holds a metrics file (one model), else its model sub-folders
-    that hold one (a run folder); ValueError naming the folder when there is none."""
+def _metrics_files(folder: str) -> list[str]:
+    """The metrics file of ``folder`` when it is a model folder, else those of its model
+    sub-folders (a run folder); ValueError naming the folder when there is none."""
     from training import METRICS_NAME      # the layout of a run folder is training's
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: no such folder")
     if os.path.isfile(os.path.join(folder, METRICS_NAME)):
-        return [folder]
-    found = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+        return [os.path.join(folder, METRICS_NAME)]
+    found = sorted(os.path.join(folder, name, METRICS_NAME) for name in os.listdir(folder)
                    if os.path.isfile(os.path.join(folder, name, METRICS_NAME)))
     if not found:
         raise ValueError(f"{folder}: neither a model folder (with {METRICS_NAME}) nor a run "
@@ -366,12 +366,12 @@ def _model_folders(folder: str) -> list[str]:
     return found
 
 
-def _num_objects(model_folder: str) -> int | None:
-    """The run's number of objects from the run config beside the model folder, if readable."""
+def _num_objects(metrics_file: str) -> int | None:
+    """The run's number of objects from the run config two levels up, if readable."""
     from training import RUN_CONFIG_NAME, read_json
-    path = os.path.join(os.path.dirname(os.path.abspath(model_folder)), RUN_CONFIG_NAME)
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(metrics_file)))
     try:
-        value = read_json(path).get("num_objects")
+        value = read_json(os.path.join(run_dir, RUN_CONFIG_NAME)).get("num_objects")
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and value > 0 else None
@@ -394,29 +394,28 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python plots.py FOLDER ... --out PNG``; returns the exit status (2: bad arguments)."""
-    from training import METRICS_NAME
     args = _compare_parser().parse_args(argv)
     try:
-        models = [m for folder in args.folders for m in _model_folders(folder)]
-        labels = args.label or [os.path.join(os.path.basename(os.path.dirname(
-            os.path.abspath(m))), os.path.basename(os.path.abspath(m))) for m in models]
-        if len(labels) != len(models):
-            raise ValueError(f"--label: {len(labels)} given for {len(models)} models "
-                             f"({', '.join(models)})")
+        files = [f for folder in args.folders for f in _metrics_files(folder)]
+        # default label RUN/MODEL: the last two folders above each metrics file
+        labels = args.label or ["/".join(os.path.abspath(f).split(os.sep)[-3:-1])
+                                for f in files]
+        if len(labels) != len(files):
+            raise ValueError(f"--label: {len(labels)} given for {len(files)} models "
+                             f"({', '.join(os.path.dirname(f) for f in files)})")
         if len(set(labels)) != len(labels):
             raise ValueError(f"--label: the labels must differ, got {labels}")
         if args.dpi <= 0:
             raise ValueError(f"--dpi must be positive, got {args.dpi}")
-        metrics = {label: read_metrics(os.path.join(m, METRICS_NAME))
-                   for label, m in zip(labels, models)}
+        metrics = {label: read_metrics(f) for label, f in zip(labels, files)}
     except (OSError, ValueError) as exc:
         print(f"plots.py: error: {exc}", file=sys.stderr)
         return 2
-    objects = {_num_objects(m) for m in models}
+    objects = {_num_objects(f) for f in files}
     chance = 1.0 / objects.pop() if len(objects) == 1 and None not in objects else None
     path = plot_learning_curves(metrics, args.out, chance=chance, title=args.title,
                                 dpi=args.dpi)
-    print(f"wrote {path} ({len(models)} models)")
+    print(f"wrote {path} ({len(files)} models)")
     return 0
 
 

@@ -1731,9 +1731,9 @@ _EVALUATE_KEYS = ("eval_size", "eval_seed")
 
 
 def _resolve_evaluate(args: argparse.Namespace) -> tuple[dict, str, dict, int, int]:
-    """The run in --evaluate, its checkpoints per model (averaged weights first, then the last
-    iterate when the run kept an average) and the held-out set's size and seed (default: the
-    run's own held-out set)."""
+    """The run in --evaluate, per model its last iterate, checkpoint info and weight average
+    (an :class:`ExponentialMovingAverage`, None when the run keeps none), and the held-out set's
+    size and seed (default: the run's own held-out set)."""
     run_dir = args.evaluate
     changed = [_option(k) for k in (*TRAIN_KEYS, *SIZE_KEYS, "preset", "out")
                if k not in _EVALUATE_KEYS and _given(args, k)]
@@ -1747,16 +1747,20 @@ def _resolve_evaluate(args: argparse.Namespace) -> tuple[dict, str, dict, int, i
     kinds = _run_kinds(args, cfg, run_dir)
     checkpoints = {}
     for kind in kinds:
-        path = os.path.join(run_dir, kind, CHECKPOINT_NAME)
-        if not os.path.exists(path):
+        # checked against the run like --resume's checkpoints; only the settings may differ
+        found = _load_run_checkpoint(run_dir, kind, cfg, "--evaluate", TRAIN_KEYS)
+        if found is None:
             continue
-        try:
-            loaded = [load_checkpoint(path, expect_kind=kind, averaged=True)]
-            if loaded[0][1]["weights"] == "averaged":
-                loaded.append(load_checkpoint(path, expect_kind=kind, averaged=False))
-        except CheckpointError as exc:
-            raise UsageError(f"--evaluate {run_dir}: {exc}") from None
-        checkpoints[kind] = loaded
+        model, info = found
+        average = None
+        if info.get("ema"):
+            average = ExponentialMovingAverage(model, info["ema"]["decay"])
+            try:
+                average.load_state_dict(info["ema"])
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"--evaluate {run_dir}: the weight average in {info['path']} "
+                                 f"is unusable: {exc}") from None
+        checkpoints[kind] = (model, info, average)
     if not checkpoints:
         raise UsageError(f"--evaluate {run_dir}: no checkpoint of {', '.join(kinds)} there yet")
     size = cfg["eval_size"] if args.eval_size is None else args.eval_size
@@ -1766,8 +1770,9 @@ def _resolve_evaluate(args: argparse.Namespace) -> tuple[dict, str, dict, int, i
 
 def evaluate_run(cfg: Mapping, run_dir: str, checkpoints: Mapping, size: int, seed: int) -> int:
     """Print the held-out metrics of every checkpoint in ``checkpoints`` (as
-    :func:`_resolve_evaluate` returns them) on ``size`` examples of the run's full task drawn
-    with ``seed``; writes nothing.  Returns the exit status: 1 if a loss is NaN/Inf, else 0."""
+    :func:`_resolve_evaluate` returns them: averaged weights first, as training evaluates them,
+    then the last iterate) on ``size`` examples of the run's full task drawn with ``seed``;
+    writes nothing.  Returns the exit status: 1 if a loss is NaN/Inf, else 0."""
     K, F = cfg["num_objects"], cfg["num_features"]
     same = size == cfg["eval_size"] and seed == cfg["eval_seed"]
     print(f"evaluating {run_dir}: {size} examples of the full {K} x {F} task, held-out seed "
@@ -1777,15 +1782,20 @@ def evaluate_run(cfg: Mapping, run_dir: str, checkpoints: Mapping, size: int, se
               f"acc per n (n = 0 ... {K - 1})")
     rows = []
     finite = True
-    for kind, loaded in checkpoints.items():
-        for model, info in loaded:
-            metrics = evaluate(model, eval_set, K)
-            finite = finite and bool(np.isfinite(metrics["heldout_loss"]))
-            rows.append((kind, info["step"], _fmt_duration(info.get("wall_time")),
-                         info["weights"], _fmt_float(metrics["heldout_acc"]),
-                         _fmt_float(metrics["heldout_loss"]),
-                         " ".join("-" if a is None else f"{a:.3f}"
-                                  for a in metrics["acc_per_n"])))
+
+    def add_row(kind, model, info, weights):
+        nonlocal finite
+        metrics = evaluate(model, eval_set, K)
+        finite = finite and bool(np.isfinite(metrics["heldout_loss"]))
+        rows.append((kind, info["step"], _fmt_duration(info.get("wall_time")), weights,
+                     _fmt_float(metrics["heldout_acc"]), _fmt_float(metrics["heldout_loss"]),
+                     " ".join("-" if a is None else f"{a:.3f}" for a in metrics["acc_per_n"])))
+
+    for kind, (model, info, average) in checkpoints.items():
+        if average is not None:
+            with average.applied():
+                add_row(kind, model, info, "averaged")
+        add_row(kind, model, info, "last")
     print(format_table(header, rows, left=1), flush=True)
     if not finite:
         print("nth_farthest.py: a held-out loss is NaN or Inf: those weights are broken",

@@ -855,3 +855,14 @@ def test_evaluate_refuses_a_folder_without_a_run_or_checkpoints(tmp_path, capsys
     capsys.readouterr()
     assert run_cli(["--evaluate", out]) == 2
     assert "no checkpoint of lstm there yet" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", a, *LSTM]) == 0
+    assert run_cli(["--model", "lstm", "--steps", 2, "--out", b, *LSTM,
+                    "--hidden-size", 12]) == 0
+    (a / "lstm" / "checkpoint.npz").write_bytes((b / "lstm" / "checkpoint.npz").read_bytes())
+    capsys.readouterr()
+    assert run_cli(["--evaluate", a]) == 2
+    assert "belongs to another run (it differs in model_sizes)" in capsys.readouterr().err
