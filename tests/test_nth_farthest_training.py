@@ -622,6 +622,26 @@ def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path
     assert not out3.exists()
 
 
+def test_the_8x16_preset_is_the_command_line_of_the_best_8x16_run(tmp_path):
+    """--preset curriculum8x16 gives exactly the configuration of row 4 of the 8 x 16 table
+    (IMPLEMENTATION_SUMMARY.md), which was run with explicit flags on the 4 x 4 preset."""
+    def resolved(argv):
+        return training._resolve_new(training.build_parser().parse_args(argv))[0]
+    row4 = resolved(["--model", "rmc", "--preset", "curriculum", "--num-objects", "8",
+                     "--num-features", "16", "--curriculum",
+                     "3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,"
+                     "8x16", "--mem-slots", "8", "--num-heads", "2", "--steps", "1000000",
+                     "--lr", "3e-4", "--lr-decay-steps", "1000000", "--time-budget", "none",
+                     "--eval-every", "2000", "--eval-size", "5000", "--out", str(tmp_path / "a")])
+    preset = resolved(["--preset", "curriculum8x16", "--out", str(tmp_path / "b")])
+    assert preset["models"] == ["rmc"]                   # only the RMC unless --model says so
+    assert {**preset, "preset": "curriculum"} == row4
+    both = resolved(["--preset", "curriculum8x16", "--model", "rmc,lstm",
+                     "--out", str(tmp_path / "c")])
+    assert both["models"] == ["rmc", "lstm"] and both["model_sizes"]["lstm"]["hidden_size"] > 0
+    assert not any(tmp_path.iterdir())                   # resolving writes nothing
+
+
 def test_lr_by_model_sets_the_rates_of_the_named_models(tmp_path, monkeypatch):
     monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
     out = tmp_path / "p"
