@@ -91,6 +91,7 @@ EVAL_BATCH = 1000          # held-out examples per forward pass during evaluatio
 
 # ============================================================================================
 # Presets: one dict each, in this one place.  Every value can be overridden on the command line.
+# "default_models" (optional) names the models a preset trains when --model is not given.
 # ============================================================================================
 
 # The 4 x 4 curriculum recipe (IMPLEMENTATION_SUMMARY.md, section 5): the measured way off the
@@ -1330,6 +1331,8 @@ def _epilog() -> str:
         "  python nth_farthest.py --preset quick --model all --out runs/quick",
         "  python nth_farthest.py --model rmc --preset quick --curriculum none --steps 3000 \\",
         "      --out runs/rmc-nocurr",
+        "  python nth_farthest.py --preset curriculum8x16 --time-budget 7200 --out runs/rmc-8x16",
+        "  python nth_farthest.py --resume runs/rmc-8x16 --time-budget 7200 --workers 2",
         "  python nth_farthest.py --model rmc --preset paper --time-budget 3600 --out runs/paper",
         "  python nth_farthest.py --resume runs/paper --time-budget 3600",
         "  python nth_farthest.py --evaluate runs/paper --eval-size 20000 --eval-seed 777",
