@@ -56,7 +56,7 @@ from lstm_baseline import LSTM, LSTMClassifier
 from optimizer import Adam
 from relational_memory import RelationalMemory, RMCClassifier
 from relational_rnn_cell import RelationalRNN, RelationalRNNClassifier
-from report import format_table
+from relational_rnn.report import format_table
 
 PROG = "test_relational_rnn_demo.py"
 

@@ -44,8 +44,8 @@ import numpy as np
 import layers
 import nth_farthest as nf
 from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDecay
-from parallel import DataParallel, check_workers
-from report import format_table
+from relational_rnn.parallel import DataParallel, check_workers
+from relational_rnn.report import format_table
 
 MODEL_KINDS = ("rmc", "lstm", "rrnn")
 MODEL_TITLES = {"rmc": "RMC (relational memory core)", "lstm": "LSTM baseline",

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 import nth_farthest  # noqa: E402
 import training  # noqa: E402
 from optimizer import Adam  # noqa: E402
-from parallel import DataParallel  # noqa: E402
+from relational_rnn.parallel import DataParallel  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ import pytest
 
 import nth_farthest as nf
 import training
-from parallel import DataParallel, batch_gradient
+from relational_rnn.parallel import DataParallel, batch_gradient
 from test_nth_farthest_training import TINY, QUIET, params_of, run_cli, strict_json_lines
 
 K, F = 4, 4

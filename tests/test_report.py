@@ -1,7 +1,7 @@
 """report.format_table: alignment, the header rule, and rows of the wrong width refused."""
 import pytest
 
-from report import format_table
+from relational_rnn.report import format_table
 
 
 def test_columns_are_aligned_left_then_right_under_a_rule():
