@@ -23,27 +23,6 @@ Shape letters: B batch, K objects (= time steps), F features, W = F + 3 K row wi
 """
 from __future__ import annotations
 
-import os
-import sys
-
-if __name__ == "__main__":
-    # Run as the training script: choose the BLAS thread count before NumPy loads its BLAS (the
-    # small matrices of these models run fastest on one thread; see --threads in --help).
-    def _blas_threads(argv):
-        for i, arg in enumerate(argv):
-            if arg == "--threads" and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith("--threads="):
-                return arg.split("=", 1)[1]
-        return None
-
-    _threads = _blas_threads(sys.argv[1:])
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if _threads is None:
-            os.environ.setdefault(_var, "1")
-        elif _threads.strip().isdigit() and int(_threads) > 0:
-            os.environ[_var] = str(int(_threads))
-
 import numbers
 from dataclasses import dataclass
 from typing import Iterator
@@ -188,16 +167,9 @@ def make_eval_set(seed: int, size: int, num_objects: int, num_features: int, *,
     return EvalSet(inputs=inputs, labels=labels, n=n, seed=int(seed))
 
 
-# ============================================================================================
-# Command line: training on this task (the machinery lives in training.py)
-# ============================================================================================
-
-
-def main(argv=None) -> int:
-    """``python nth_farthest.py [options]``: train models on this task; see ``--help``."""
-    import training
-    return training.main(argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is the training command line, which lives in the application
+    # package: it imports this module, never the other way (models <- application <- command
+    # line), so the script hands over to it as ``python -m relational_rnn`` would.
+    import runpy
+    runpy.run_module("relational_rnn", run_name="__main__", alter_sys=True)

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 import numpy as np
 
 import layers
+from relational_rnn.registry import build_model
+from relational_rnn.threads import blas_threads, limit_blas_threads
 
 # A reply from a worker that has not come within this many seconds means it hangs.
 _REPLY_TIMEOUT = 600.0
@@ -76,20 +78,20 @@ def _views(buffer, dtype, layout) -> dict[str, np.ndarray]:
     return {name: flat[start:stop].reshape(shape) for name, start, stop, shape in layout}
 
 
-def _worker_main(conn, kind: str, sizes: Mapping, num_objects: int, num_features: int,
-                 dtype: str, params_buffer, grads_buffer, layout) -> None:
+def _worker_main(conn, kind: str, sizes, num_objects: int, num_features: int,
+                 dtype: str, params_buffer, grads_buffer, layout, threads: int | None) -> None:
     """A worker process: rebuild the model, then answer gradient requests until told to stop."""
     # Ctrl-C reaches the whole process group: the parent finishes its step, saves and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        import training                   # here, not at module level: training imports us
-        model = training.build_model(kind, sizes, num_objects, num_features, dtype=dtype)
+        limit_blas_threads(threads)       # as many BLAS threads as the parent
+        model = build_model(kind, sizes, num_objects, num_features, dtype=dtype)
         named = list(model.named_parameters())
         got = [(name, p.shape) for name, p, _ in named]
         want = [(name, shape) for name, _, _, shape in layout]
         if got != want:
             diff = [f"{g} here, {w} in the parent" for g, w in zip(got, want) if g != w][:3]
-            raise ValueError(f"the {kind} model built from sizes {dict(sizes)} does not match "
+            raise ValueError(f"the {kind} model built from sizes {sizes} does not match "
                              f"the parent's model ({len(got)} against {len(want)} parameters; "
                              f"first differences: {'; '.join(diff)})")
     except Exception:
@@ -120,7 +122,7 @@ class DataParallel:
     """The gradient of a batch for ``model``, computed by ``workers`` processes.
 
     ``kind``, ``sizes``, ``num_objects`` and ``num_features`` are those ``model`` was built from
-    with :func:`training.build_model` (each worker builds a replica; its parameters are copied
+    with :func:`relational_rnn.registry.build_model` (each worker builds a replica; its parameters are copied
     from ``model`` at every step).  ``workers = 1`` starts no process.
 
     The workers are fresh interpreters ("spawn"): each imports the main script again, so a
@@ -131,7 +133,7 @@ class DataParallel:
             loss, correct = parallel.gradient(x, y)    # model.grads now hold dL/dparams
     """
 
-    def __init__(self, model, kind: str, sizes: Mapping, num_objects: int, num_features: int,
+    def __init__(self, model, kind: str, sizes, num_objects: int, num_features: int,
                  *, workers: int = 1):
         self.model = model
         self.workers = layers.check_positive_int("workers", workers)
@@ -149,9 +151,9 @@ class DataParallel:
                 grads_buffer = ctx.RawArray("b", size * dtype.itemsize)
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=_worker_main, daemon=True,
-                                   args=(child_end, kind, dict(sizes), num_objects,
+                                   args=(child_end, kind, sizes, num_objects,
                                          num_features, dtype.name, params_buffer, grads_buffer,
-                                         layout))
+                                         layout, blas_threads()))
                 proc.start()
                 child_end.close()
                 self._conns.append(parent_end)

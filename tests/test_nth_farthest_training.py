@@ -1,5 +1,6 @@
 """Training CLI of nth_farthest.py: outputs of a run, exact resume, refusals, NaN stop,
 curriculum, that learning happens, checkpoints and bad arguments.  Tiny models, tens of steps."""
+import dataclasses
 import json
 import os
 import re
@@ -8,8 +9,13 @@ import numpy as np
 import pytest
 
 import nth_farthest as nf
-import training
-from training import CheckpointError, load_checkpoint, parse_curriculum, phase_at
+from relational_rnn import cli, cli_parser, cli_run, curriculum, evaluation, outputs, trainer
+from relational_rnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from relational_rnn.config import RunConfig, TrainSettings
+from relational_rnn.curriculum import parse_curriculum, phase_at
+from relational_rnn.presets import PRESETS
+from relational_rnn.registry import build_model
+from relational_rnn.run_folder import read_json
 
 # Tiny models and a tiny run: every size option is given so the presets may change freely.
 BASE = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkpoint-every", "10",
@@ -25,11 +31,18 @@ LSTM = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkp
 
 
 def run_cli(argv):
-    """training.main with argparse's SystemExit turned into the exit status."""
+    """The command line's main with argparse's SystemExit turned into the exit status."""
     try:
-        return training.main([str(a) for a in argv])
+        return cli.main([str(a) for a in argv])
     except SystemExit as exc:
         return exc.code
+
+
+def set_preset_lr_by_model(monkeypatch, rates):
+    """Make the quick preset start models at their own rates, for one test."""
+    quick = PRESETS["quick"]
+    monkeypatch.setitem(PRESETS, "quick",
+                        dataclasses.replace(quick, train=quick.train.replace(lr_by_model=rates)))
 
 
 def strict_json_lines(path):
@@ -125,9 +138,9 @@ def test_interrupted_and_resumed_run_ends_with_exactly_the_same_parameters(tmp_p
         # The rmc model crashes while drawing the batch of step 24: its checkpoint is at 20 and
         # metrics.jsonl already has lines up to step 20 (eval at 5, 10, ...), lstm never starts.
         interrupt = Interrupt(at=24)
-        monkeypatch.setattr(training.nf, "make_batch", interrupt)
+        monkeypatch.setattr(trainer.nf, "make_batch", interrupt)
         assert run_cli([*argv, "--out", cut]) == 130
-        monkeypatch.setattr(training.nf, "make_batch", interrupt.real)
+        monkeypatch.setattr(trainer.nf, "make_batch", interrupt.real)
         assert load_checkpoint(cut / "rmc")[1]["step"] == 20
         assert not (cut / "lstm" / "checkpoint.npz").exists()
         with open(cut / "rmc" / "metrics.jsonl", "a", encoding="utf-8") as fh:
@@ -325,7 +338,7 @@ def test_parse_curriculum_and_phase_boundaries():
         [0, 0, 1, 1, 2, 2]
     assert parse_curriculum("none", 8, 16) == [(8, 16, None, None)]
     assert parse_curriculum(None, 8, 16) == [(8, 16, None, None)]
-    assert training.format_curriculum(phases) == "3x1:3000,3x4:6000,4x4"
+    assert curriculum.format_curriculum(phases) == "3x1:3000,3x4:6000,4x4"
     for bad in ("", "3x1:0,4x4", "1x1:5,4x4", "4x5", "3x1:5,,4x4", "x:1,4x4", "3x1:a,4x4"):
         if bad == "":
             continue                                   # '' means no curriculum
@@ -336,10 +349,10 @@ def test_parse_curriculum_and_phase_boundaries():
 def test_parse_gated_curriculum_round_trips_and_rejects_bad_gates():
     phases = parse_curriculum("3x1:10000@0.9, 3x4:8000 @ 0.95,4x4", 4, 4)
     assert phases == [(3, 1, 10000, 0.9), (3, 4, 8000, 0.95), (4, 4, None, None)]
-    assert training.format_curriculum(phases) == "3x1:10000@0.9,3x4:8000@0.95,4x4"
-    assert parse_curriculum(training.format_curriculum(phases), 4, 4) == phases
+    assert curriculum.format_curriculum(phases) == "3x1:10000@0.9,3x4:8000@0.95,4x4"
+    assert parse_curriculum(curriculum.format_curriculum(phases), 4, 4) == phases
     # run configs written before gates existed hold 3-element phases
-    assert training.normalize_phases([[3, 1, 5], [4, 4, None]]) == [(3, 1, 5, None),
+    assert curriculum.normalize_phases([[3, 1, 5], [4, 4, None]]) == [(3, 1, 5, None),
                                                                     (4, 4, None, None)]
     for bad, what in (("3x1:100@0,4x4", "fraction in"), ("3x1:100@1.5,4x4", "fraction in"),
                       ("3x1:100@x,4x4", "'x'"), ("3x1:100@nan,4x4", "fraction in"),
@@ -357,7 +370,7 @@ def test_gated_phase_ends_when_its_training_accuracy_reaches_the_gate(tmp_path, 
                                                                       capsys):
     # A window of 4 steps; a gate of 1% passes at the first window (any model beats it), a gate
     # of 100% never does in these few steps, so that phase runs its full step count.
-    monkeypatch.setattr(training, "GATE_WINDOW", 4)
+    monkeypatch.setattr(curriculum, "GATE_WINDOW", 4)
     out = tmp_path / "g"
     argv = ["--model", "lstm", "--steps", 20, "--out", out, *LSTM[:-3], "--no-plots",
             "--curriculum", "3x1:9@0.01,3x4:6@1,4x4"]
@@ -373,7 +386,7 @@ def test_gated_phase_ends_when_its_training_accuracy_reaches_the_gate(tmp_path, 
 def test_gated_curriculum_resumes_exactly_mid_window(tmp_path, monkeypatch):
     # Stopped at step 8, inside the second 4-step window of the 3x4 phase's gate (steps 3-6
     # made the first); resumed, the gate passes at step 10 exactly as in one uninterrupted run.
-    monkeypatch.setattr(training, "GATE_WINDOW", 4)
+    monkeypatch.setattr(curriculum, "GATE_WINDOW", 4)
     argv = ["--model", "lstm", "--steps", 16, *LSTM[:-3], "--no-plots",
             "--curriculum", "3x1:2,3x4:12@0.3,4x4"]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -411,7 +424,7 @@ def test_each_phase_trains_on_its_active_sizes_and_evaluation_uses_the_full_task
             eval_shapes.append(x.shape)
         return real_forward(self, x)
 
-    monkeypatch.setattr(training.nf, "make_batch", spy)
+    monkeypatch.setattr(trainer.nf, "make_batch", spy)
     monkeypatch.setattr(LSTMClassifier, "forward", forward)
     argv = ["--model", "lstm", "--steps", 10, "--out", tmp_path / "c", "--batch-size", 8,
             "--eval-size", 40, "--eval-every", 5, "--hidden-size", 8, "--mlp-hidden", 16,
@@ -460,14 +473,14 @@ def test_lstm_learns_the_easy_task_well_above_chance(tmp_path):
 
 def test_checkpoint_is_written_atomically_and_round_trips(tmp_path):
     from optimizer import Adam
-    model = training.build_model("rmc", training.PRESETS["quick"]["models"]["rmc"], 3, 2,
+    model = build_model("rmc", PRESETS["quick"].models["rmc"], 3, 2,
                                  dtype=np.float64, rng=np.random.default_rng(1))
     opt = Adam(model, lr=1e-3)
     rng = np.random.default_rng(5)
     rng.random(3)
     path = tmp_path / "checkpoint.npz"
     cfg = {"phases": [[3, 2, None]], "example": True}
-    training.save_checkpoint(str(path), kind="rmc", model=model, optimizer=opt, data_rng=rng,
+    save_checkpoint(str(path), kind="rmc", model=model, optimizer=opt, data_rng=rng,
                              step=7, run_config=cfg)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]    # no temporary left
     loaded, info = load_checkpoint(path)
@@ -481,7 +494,7 @@ def test_checkpoint_is_written_atomically_and_round_trips(tmp_path):
 
 
 def test_plot_functions_reject_bad_input(tmp_path):
-    import plots
+    from relational_rnn import plots
     with pytest.raises(ValueError, match="nothing to plot"):
         plots.plot_learning_curves({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="shape"):
@@ -489,7 +502,7 @@ def test_plot_functions_reject_bad_input(tmp_path):
 
 
 def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps(tmp_path):
-    import plots
+    from relational_rnn import plots
 
     def lines(change_at):
         evals = [{"event": "eval", "step": s, "wall_time": 0.1 * s, "heldout_acc": 0.3,
@@ -504,7 +517,7 @@ def test_learning_curves_draw_models_whose_gated_phases_ended_at_different_steps
 
 
 def test_a_branch_is_marked_on_the_curves_and_named_in_their_title(tmp_path):
-    import plots
+    from relational_rnn import plots
     evals = [{"event": "eval", "step": s, "wall_time": 0.1 * s, "heldout_acc": 0.3,
               "heldout_loss": 1.3, "acc_per_n": [1, 0.2, 0.1]} for s in (0, 10, 20)]
     branch = {"event": "branch", "step": 10, "wall_time": 1.0}
@@ -512,15 +525,16 @@ def test_a_branch_is_marked_on_the_curves_and_named_in_their_title(tmp_path):
     path = plots.plot_learning_curves({"rmc": [*evals[:2], branch, evals[2]]},
                                       tmp_path / "curves.png", chance=1 / 3)
     assert os.path.getsize(path) > 0
-    cfg = {"num_objects": 8, "num_features": 16, "preset": "curriculum", "batch_size": 256,
-           "curriculum": None, "branched_from": {"steps": {"rmc": 10},
-                                                 "changed": {"batch_size": [128, 256]}}}
-    assert training.curves_title(cfg).endswith(
+    train = PRESETS["curriculum8x16"].train.replace(batch_size=256, curriculum=None)
+    cfg = RunConfig(preset="curriculum", models=("rmc",), train=train, phases=((8, 16, None),),
+                    model_sizes={}, branched_from={"steps": {"rmc": 10},
+                                                   "changed": {"batch_size": [128, 256]}})
+    assert outputs.curves_title(cfg).endswith(
         "batch 256; branched at step 10 from another run, changed: --batch-size 128 -> 256)")
 
 
 def test_long_titles_wrap_at_spaces_and_after_commas():
-    import plots
+    from relational_rnn import plots
     spec = "3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,8x16"
     title = f"N-th Farthest, 8 objects x 16 features (curriculum {spec})"
     wrapped = plots.wrap_title(title, 40)
@@ -559,7 +573,7 @@ def test_evaluation_and_load_checkpoint_use_the_averaged_weights(tmp_path):
         differ += not np.array_equal(value, raw.parameters()[name])
     assert differ > 0                  # the average is not the last iterate
     # the last evaluation's accuracy is that of the averaged weights
-    final = training.evaluate(model, nf.make_eval_set(info["run_config"]["eval_seed"], 64, 4, 4,
+    final = evaluation.evaluate(model, nf.make_eval_set(info["run_config"]["eval_seed"], 64, 4, 4,
                                                       dtype=np.float32), 4)
     assert final["heldout_acc"] == evals[-1]["heldout_acc"]
 
@@ -598,7 +612,7 @@ def test_linear_schedule_reaches_its_floor_and_resumes_with_it(tmp_path):
 
 
 def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
+    set_preset_lr_by_model(monkeypatch, {"lstm": 2e-3})
     out = tmp_path / "p"
     assert run_cli(["--model", "lstm", "--steps", 5, "--out", out, *LSTM, "--preset",
                     "quick"]) == 0
@@ -615,7 +629,7 @@ def test_a_preset_may_start_one_model_at_its_own_lr_and_lr_overrides_it(tmp_path
     assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == 5e-4
     assert json.loads((out2 / "run_config.json").read_text())["lr_by_model"] is None
     # a per-model rate below --min-lr is refused before anything is written
-    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 1e-6})
+    set_preset_lr_by_model(monkeypatch, {"lstm": 1e-6})
     out3 = tmp_path / "r"
     assert run_cli(["--model", "lstm", "--steps", 5, "--out", out3, *LSTM, "--preset", "quick",
                     "--min-lr", "1e-5"]) == 2
@@ -626,7 +640,7 @@ def test_the_8x16_preset_is_the_command_line_of_the_best_8x16_run(tmp_path):
     """--preset curriculum8x16 gives exactly the configuration of row 4 of the 8 x 16 table
     (IMPLEMENTATION_SUMMARY.md), which was run with explicit flags on the 4 x 4 preset."""
     def resolved(argv):
-        return training._resolve_new(training.build_parser().parse_args(argv))[0]
+        return cli_run.resolve_new(cli_parser.build_parser().parse_args(argv)).cfg
     row4 = resolved(["--model", "rmc", "--preset", "curriculum", "--num-objects", "8",
                      "--num-features", "16", "--curriculum",
                      "3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,"
@@ -634,29 +648,29 @@ def test_the_8x16_preset_is_the_command_line_of_the_best_8x16_run(tmp_path):
                      "--lr", "3e-4", "--lr-decay-steps", "1000000", "--time-budget", "none",
                      "--eval-every", "2000", "--eval-size", "5000", "--out", str(tmp_path / "a")])
     preset = resolved(["--preset", "curriculum8x16", "--out", str(tmp_path / "b")])
-    assert preset["models"] == ["rmc"]                   # only the RMC unless --model says so
-    assert {**preset, "preset": "curriculum"} == row4
+    assert preset.models == ("rmc",)                     # only the RMC unless --model says so
+    assert preset.replace(preset="curriculum") == row4
     both = resolved(["--preset", "curriculum8x16", "--model", "rmc,lstm",
                      "--out", str(tmp_path / "c")])
-    assert both["models"] == ["rmc", "lstm"] and both["model_sizes"]["lstm"]["hidden_size"] > 0
+    assert both.models == ("rmc", "lstm") and both.model_sizes["lstm"].hidden_size > 0
     assert not any(tmp_path.iterdir())                   # resolving writes nothing
 
 
 def test_lr_by_model_sets_the_rates_of_the_named_models(tmp_path, monkeypatch):
-    monkeypatch.setitem(training.PRESETS["quick"]["train"], "lr_by_model", {"lstm": 2e-3})
+    set_preset_lr_by_model(monkeypatch, {"lstm": 2e-3})
     out = tmp_path / "p"
     assert run_cli(["--model", "lstm", "--steps", 2, "--out", out, *LSTM, "--preset", "quick",
                     "--lr", "5e-4", "--lr-by-model", "lstm=1e-3"]) == 0
     assert load_checkpoint(out / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == 1e-3
     cfg = json.loads((out / "run_config.json").read_text())
     assert cfg["lr"] == 5e-4 and cfg["lr_by_model"] == {"lstm": 1e-3}
-    assert training._lr_by_model("lstm=1e-3, RMC=7e-4") == {"lstm": 1e-3, "rmc": 7e-4}
+    assert cli_parser._lr_by_model("lstm=1e-3, RMC=7e-4") == {"lstm": 1e-3, "rmc": 7e-4}
     out2 = tmp_path / "q"                  # 'none' drops the preset's per-model rate
     assert run_cli(["--model", "lstm", "--steps", 2, "--out", out2, *LSTM, "--preset", "quick",
                     "--lr-by-model", "none"]) == 0
     assert json.loads((out2 / "run_config.json").read_text())["lr_by_model"] is None
     assert load_checkpoint(out2 / "lstm")[1]["optimizer"]["schedule"]["initial_lr"] == \
-        training.PRESETS["quick"]["train"]["lr"]
+        PRESETS["quick"].train.lr
 
 
 @pytest.mark.parametrize("value", ["lstm", "gru=1e-3", "lstm=0", "lstm=x", "lstm=1e-3,",
@@ -700,7 +714,7 @@ def test_branch_without_changes_ends_exactly_where_the_continued_run_ends(tmp_pa
         assert held_out(branch) == held_out(full)
         events = [e["event"] for e in strict_json_lines(branch / kind / "metrics.jsonl")]
         assert events.count("branch") == 1
-    cfg = training.read_json(branch / "run_config.json")
+    cfg = read_json(branch / "run_config.json")
     assert cfg["branched_from"]["steps"] == {"rmc": 10, "lstm": 10}
     assert cfg["branched_from"]["changed"] == {}
 
@@ -833,15 +847,15 @@ def test_evaluate_on_a_fresh_held_out_set_and_one_model(tmp_path, capsys):
     (row,) = evaluate_rows(stdout)                      # no average kept: the last iterate only
     assert row[:3] == ("lstm", 6, "last")
     model, _ = load_checkpoint(out / "lstm")
-    expected = training.evaluate(model, nf.make_eval_set(5, 300, 4, 4, dtype=np.float32), 4)
+    expected = evaluation.evaluate(model, nf.make_eval_set(5, 300, 4, 4, dtype=np.float32), 4)
     assert row[3] == pytest.approx(expected["heldout_acc"], abs=5e-4)
 
 
 def test_evaluate_reports_broken_weights_with_exit_status_1(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert run_cli(["--model", "lstm", "--steps", 6, "--out", out, *LSTM]) == 0
-    real = training.evaluate
-    monkeypatch.setattr(training, "evaluate",
+    real = evaluation.evaluate
+    monkeypatch.setattr(cli, "evaluate",
                         lambda *a, **k: dict(real(*a, **k), heldout_loss=float("nan")))
     capsys.readouterr()
     assert run_cli(["--evaluate", out]) == 1

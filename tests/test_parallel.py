@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import nth_farthest as nf
-import training
+from relational_rnn.registry import build_model
 from relational_rnn.parallel import DataParallel, batch_gradient
 from test_nth_farthest_training import TINY, QUIET, params_of, run_cli, strict_json_lines
 
@@ -13,7 +13,7 @@ SIZES = {"mem_slots": 2, "head_size": 4, "num_heads": 2, "num_blocks": 1, "key_s
 
 
 def rmc(seed=0):
-    return training.build_model("rmc", SIZES, K, F, dtype=np.float64,
+    return build_model("rmc", SIZES, K, F, dtype=np.float64,
                                 rng=np.random.default_rng(seed))
 
 

@@ -1,10 +1,10 @@
-"""plots.py as a script: the learning curves of several runs on one figure."""
+"""relational_rnn.plots as a script (python -m relational_rnn.plots): the learning curves of several runs on one figure."""
 import json
 import os
 
 import pytest
 
-import plots
+from relational_rnn import plots
 
 
 def write_run(folder, kinds, num_objects=3):

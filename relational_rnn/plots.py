@@ -1,8 +1,8 @@
 """Figures of N-th Farthest training runs, drawn with matplotlib's Agg backend.
 
-The functions take plain data, so the training CLI, the demo and user scripts share them:
+The functions take plain data, so the training CLI, the demo and user scripts share them
+(:func:`relational_rnn.run_folder.read_metrics` reads a ``metrics.jsonl``):
 
-* :func:`read_metrics` -- the lines of a ``metrics.jsonl`` as a list of dicts.
 * :func:`plot_learning_curves` -- several models overlaid: held-out accuracy and loss against
   steps and against wall time, chance level, curriculum phase changes as vertical lines, and one
   panel per model with the held-out accuracy for each rank ``n``.
@@ -12,7 +12,7 @@ The functions take plain data, so the training CLI, the demo and user scripts sh
 As a script it overlays the learning curves of models from several runs, e.g. two rows of the
 summary's 8 x 16 table::
 
-    python plots.py runs/rmc-8x16 runs/rmc-8x16-4heads --label "2 heads" --label "4 heads" \
+    python -m relational_rnn.plots runs/rmc-8x16 runs/rmc-8x16-4heads --label "2 heads" --label "4 heads" \
         --out compare.png
 
 Metrics lines are dicts with an ``"event"`` key:
@@ -41,26 +41,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["read_metrics", "plot_learning_curves", "plot_attention_heatmap", "MODEL_COLORS"]
+from relational_rnn.registry import KINDS
+from relational_rnn.run_folder import METRICS_NAME, RUN_CONFIG_NAME, read_json, read_metrics
+
+__all__ = ["plot_learning_curves", "plot_attention_heatmap", "MODEL_COLORS"]
 
 # One colour per model kind (others cycle through the default palette).
-MODEL_COLORS = {"rmc": "tab:red", "lstm": "tab:blue", "rrnn": "tab:green"}
+MODEL_COLORS = {k.name: k.color for k in KINDS.values()}
 _FALLBACK_COLORS = ["tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Parse a ``metrics.jsonl`` file: one JSON object per non-empty line."""
-    lines = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
-    return lines
 
 
 def _new_figure(**kwargs):
@@ -353,7 +341,6 @@ def plot_attention_heatmap(weights: np.ndarray, path: str | os.PathLike, *,
 def _metrics_files(folder: str) -> list[str]:
     """The metrics file of ``folder`` when it is a model folder, else those of its model
     sub-folders (a run folder); ValueError naming the folder when there is none."""
-    from training import METRICS_NAME      # the layout of a run folder is training's
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: no such folder")
     if os.path.isfile(os.path.join(folder, METRICS_NAME)):
@@ -368,7 +355,6 @@ def _metrics_files(folder: str) -> list[str]:
 
 def _num_objects(metrics_file: str) -> int | None:
     """The run's number of objects from the run config two levels up, if readable."""
-    from training import RUN_CONFIG_NAME, read_json
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(metrics_file)))
     try:
         value = read_json(os.path.join(run_dir, RUN_CONFIG_NAME)).get("num_objects")
@@ -379,7 +365,7 @@ def _num_objects(metrics_file: str) -> int | None:
 
 def _compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="plots.py", description="Overlay the learning curves of models from several "
+        prog="python -m relational_rnn.plots", description="Overlay the learning curves of models from several "
         "N-th Farthest runs on one figure (held-out accuracy and loss against steps and wall "
         "time, one accuracy-per-n panel per model), e.g. to compare two configurations.")
     p.add_argument("folders", nargs="+", metavar="FOLDER",
@@ -393,7 +379,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python plots.py FOLDER ... --out PNG``; returns the exit status (2: bad arguments)."""
+    """``python -m relational_rnn.plots FOLDER ... --out PNG``; returns the exit status (2: bad arguments)."""
     args = _compare_parser().parse_args(argv)
     try:
         files = [f for folder in args.folders for f in _metrics_files(folder)]
@@ -409,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--dpi must be positive, got {args.dpi}")
         metrics = {label: read_metrics(f) for label, f in zip(labels, files)}
     except (OSError, ValueError) as exc:
-        print(f"plots.py: error: {exc}", file=sys.stderr)
+        print(f"relational_rnn.plots: error: {exc}", file=sys.stderr)
         return 2
     objects = {_num_objects(f) for f in files}
     chance = 1.0 / objects.pop() if len(objects) == 1 and None not in objects else None

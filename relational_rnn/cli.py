@@ -1,0 +1,179 @@
+"""The command line ``python nth_farthest.py`` (installed as ``nth-farthest``): train, resume,
+branch or evaluate the models of a run folder.  ``python nth_farthest.py --help`` documents it.
+
+Exit status: 0 success (a stop at the time budget included), 1 a model stopped on a NaN/Inf
+loss, 2 bad arguments or run folder, 130 interrupted.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+import nth_farthest as nf
+from relational_rnn.cli_parser import build_parser
+from relational_rnn.cli_run import (EvaluationPlan, RunPlan, UsageError, resolve_branch,
+                                    resolve_evaluate, resolve_new, resolve_resume, start_branch)
+from relational_rnn.curriculum import phase_starts
+from relational_rnn.evaluation import evaluate
+from relational_rnn.outputs import branch_changes, summary_table, write_run_outputs
+from relational_rnn.parallel import check_workers
+from relational_rnn.progress import StopRequest, fmt_duration, fmt_float
+from relational_rnn.report import format_table
+from relational_rnn.run_folder import CURVES_NAME, HEATMAP_NAME, RESULTS_NAME, write_run_config
+from relational_rnn.threads import DEFAULT_THREADS, limit_blas_threads
+from relational_rnn.trainer import train_model
+
+PROG = "nth_farthest.py"
+
+
+def evaluate_run(plan: EvaluationPlan) -> int:
+    """Print the held-out metrics of every checkpoint of ``plan`` (averaged weights first, as
+    training evaluates them, then the last iterate) on ``plan.size`` examples of the run's full
+    task drawn with ``plan.seed``; writes nothing.  Returns the exit status: 1 if a loss is
+    NaN/Inf, else 0."""
+    t = plan.cfg.train
+    K, F = t.num_objects, t.num_features
+    same = plan.size == t.eval_size and plan.seed == t.eval_seed
+    print(f"evaluating {plan.run_dir}: {plan.size} examples of the full {K} x {F} task, "
+          f"held-out seed {plan.seed}" + (" (the run's own held-out set)" if same else ""),
+          flush=True)
+    eval_set = nf.make_eval_set(plan.seed, plan.size, K, F, dtype=t.dtype)
+    rows, finite = [], True
+    for kind, (model, info, average) in plan.checkpoints.items():
+        versions = [("averaged", average), ("last", None)] if average is not None \
+            else [("last", None)]
+        for weights, applied in versions:
+            if applied is not None:
+                with applied.applied():
+                    metrics = evaluate(model, eval_set, K)
+            else:
+                metrics = evaluate(model, eval_set, K)
+            finite = finite and bool(np.isfinite(metrics["heldout_loss"]))
+            rows.append((kind, info["step"], fmt_duration(info.get("wall_time")), weights,
+                         fmt_float(metrics["heldout_acc"]), fmt_float(metrics["heldout_loss"]),
+                         " ".join("-" if a is None else f"{a:.3f}"
+                                  for a in metrics["acc_per_n"])))
+    header = ("model", "step", "wall time", "weights", "held-out acc", "held-out loss",
+              f"acc per n (n = 0 ... {K - 1})")
+    print(format_table(header, rows, left=1), flush=True)
+    if not finite:
+        print(f"{PROG}: a held-out loss is NaN or Inf: those weights are broken", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _resolve(args) -> RunPlan | EvaluationPlan:
+    """The checked plan of this invocation; UsageError before anything is written."""
+    if args.resume is not None and args.branch_from is not None:
+        raise UsageError("--resume and --branch-from exclude each other: resume a branch "
+                         "with --resume BRANCH_DIR")
+    if args.evaluate is not None:
+        if args.resume is not None or args.branch_from is not None:
+            raise UsageError("--evaluate reads a run and trains nothing: it excludes "
+                             "--resume and --branch-from")
+        return resolve_evaluate(args)
+    if args.resume is not None:
+        plan = resolve_resume(args)
+    elif args.branch_from is not None:
+        plan = resolve_branch(args)
+    else:
+        plan = resolve_new(args)
+    try:
+        check_workers(args.workers, plan.cfg.train.batch_size)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    return plan
+
+
+def _announce(plan: RunPlan) -> None:
+    t = plan.cfg.train
+    starts = phase_starts(plan.cfg.phases)
+    if len(plan.cfg.phases) > 1 and starts[-1] >= t.steps:
+        print(f"warning: the curriculum reaches its last phase at step {starts[-1]}, after "
+              f"--steps {t.steps}", file=sys.stderr)
+    print(f"N-th Farthest: {t.num_objects} objects x {t.num_features} features, models "
+          f"{', '.join(plan.kinds)}, preset {plan.cfg.preset}, {t.steps} steps of batch "
+          f"{t.batch_size}, curriculum {t.curriculum or 'none'}; run folder {plan.run_dir}",
+          flush=True)
+    if plan.branch_parent is not None:
+        branch = plan.cfg.branched_from
+        at = ", ".join(f"{kind} at step {step}" for kind, step in branch["steps"].items())
+        print(f"branched from {plan.branch_parent} ({at}); changed: {branch_changes(branch)}",
+              flush=True)
+
+
+def _train_all(plan: RunPlan, eval_set: nf.EvalSet, args) -> tuple[list[dict], bool]:
+    """Train each model of the plan in turn: ``(outcomes, interrupted)``."""
+    outcomes = []
+    with StopRequest() as stop:
+        try:
+            for kind in plan.kinds:
+                ckpt = plan.checkpoints.get(kind)
+                if ckpt is not None and ckpt[1]["step"] >= plan.cfg.train.steps:
+                    print(f"[{kind}] already at step {ckpt[1]['step']}/{plan.cfg.train.steps}: "
+                          "skipped", flush=True)
+                    continue
+                outcome = train_model(kind, plan.cfg, plan.run_dir, eval_set, resume_from=ckpt,
+                                      log=lambda msg: print(msg, flush=True),
+                                      progress=not args.no_progress, stop=stop,
+                                      workers=args.workers)
+                outcomes.append(outcome)
+                if outcome["status"] == "interrupted":
+                    return outcomes, True
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the last checkpoints are kept; continue with "
+                  f"--resume {plan.run_dir}", file=sys.stderr)
+            return outcomes, True
+    return outcomes, False
+
+
+def _set_threads(args) -> None:
+    """--threads, else one BLAS thread unless the environment already says how many."""
+    if args.threads is not None:
+        limit_blas_threads(args.threads)
+    elif not any(os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        limit_blas_threads(DEFAULT_THREADS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of ``nth_farthest.py``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    command = ["python", "nth_farthest.py", *argv]
+    try:
+        plan = _resolve(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    _set_threads(args)
+    if isinstance(plan, EvaluationPlan):
+        return evaluate_run(plan)
+
+    # -- every check passed: from here on files are written --------------------------------
+    plan.cfg = plan.cfg.replace(commands=plan.cfg.commands + (shlex.join(command),))
+    os.makedirs(plan.run_dir, exist_ok=True)
+    write_run_config(plan.run_dir, plan.cfg)
+    if plan.branch_parent is not None:
+        start_branch(plan)
+    _announce(plan)
+    t = plan.cfg.train
+    eval_set = nf.make_eval_set(t.eval_seed, t.eval_size, t.num_objects, t.num_features,
+                                dtype=t.dtype)
+    outcomes, interrupted = _train_all(plan, eval_set, args)
+    results = write_run_outputs(plan.run_dir, plan.cfg, eval_set=eval_set, command=command,
+                                make_plots=not args.no_plots)
+    print()
+    print(summary_table(results))
+    print(f"\noutputs in {plan.run_dir}: {RESULTS_NAME}"
+          + (f", {CURVES_NAME}" if "learning_curves" in results else "")
+          + (f", {HEATMAP_NAME}" if "attention_heatmap" in results else "")
+          + ", <model>/metrics.jsonl, <model>/checkpoint.npz", flush=True)
+    if interrupted:
+        return 130
+    if any(o["status"] == "nan" for o in outcomes):
+        return 1
+    return 0

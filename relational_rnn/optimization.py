@@ -1,0 +1,40 @@
+"""A run's optimizer and weight average, built from its settings (fresh, resumed or branched)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDecay
+from relational_rnn.config import TrainSettings
+
+
+def initial_lr(train: TrainSettings, kind: str) -> float:
+    """The initial learning rate of the ``kind`` model of a run: its entry in
+    ``train.lr_by_model`` (a preset's per-model rate) or else ``train.lr``."""
+    return float((train.lr_by_model or {}).get(kind, train.lr))
+
+
+def make_optimizer(model, train: TrainSettings, kind: str) -> Adam:
+    """Adam with the run's rate, schedule and clipping."""
+    lr = initial_lr(train, kind)
+    if train.lr_schedule == "linear":
+        schedule = LinearDecay(lr, decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
+    else:
+        schedule = ExponentialDecay(lr, decay_rate=train.lr_decay_rate,
+                                    decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
+    return Adam(model, lr=lr, clip_norm=train.clip_norm, schedule=schedule)
+
+
+def resumed_optimizer(model, info: Mapping, train: TrainSettings, kind: str) -> Adam:
+    """The Adam of a resumed (or branched) model: the run's settings decide the rate, its
+    schedule and the clipping (a branch may change them); the checkpoint ``info`` gives the
+    step count and the moments."""
+    optimizer = make_optimizer(model, train, kind)
+    optimizer.load_state_dict({k: v for k, v in info["optimizer"].items()
+                               if k not in ("lr", "schedule", "clip_norm")})
+    return optimizer
+
+
+def make_average(model, train: TrainSettings) -> ExponentialMovingAverage | None:
+    """The moving average of the weights that held-out evaluations use, when the run keeps
+    one (``ema_decay``)."""
+    return ExponentialMovingAverage(model, train.ema_decay) if train.ema_decay else None
