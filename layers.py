@@ -29,6 +29,14 @@ LAYERNORM_EPS = 1e-5
 # --------------------------------------------------------------------------------------------
 
 
+def check_grad(name: str, value, shape: tuple, dtype) -> np.ndarray:
+    """An upstream gradient must match its output's shape exactly; cast to the model dtype."""
+    value = check_array(name, value, dtype=dtype, allow_empty=True)
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
+    return value
+
+
 def check_positive_int(name: str, value) -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

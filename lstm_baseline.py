@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layers import (MLP, Module, check_array, check_positive_int, check_same_batch,
+from layers import (MLP, Module, check_array, check_grad, check_positive_int, check_same_batch,
                     init_fan_in, linear_backward, linear_forward, sigmoid,
                     sigmoid_backward, tanh_backward)
 
@@ -197,20 +197,12 @@ class LSTMCell(Module):
         gradient; returns ``dx`` (B, D), ``dh_prev``, ``dc_prev`` (B, H)."""
         lin_cache, step_cache = cache
         B, H = step_cache[3].shape
-        dh = None if dh is None else _check_grad("dh", dh, (B, H), self.dtype)
-        dc = None if dc is None else _check_grad("dc", dc, (B, H), self.dtype)
+        dh = None if dh is None else check_grad("dh", dh, (B, H), self.dtype)
+        dc = None if dc is None else check_grad("dc", dc, (B, H), self.dtype)
         dxw, dh_prev, dc_prev = self.step_backward(dh, dc, step_cache)
         # forward: xw = x W_x + b
         dx = self.project_input_backward(dxw, lin_cache)
         return dx, dh_prev, dc_prev
-
-
-def _check_grad(name: str, value, shape: tuple, dtype) -> np.ndarray:
-    """Upstream gradients must match the output's shape exactly; cast to the model dtype."""
-    value = check_array(name, value, dtype=dtype, allow_empty=True)
-    if value.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,10 +291,10 @@ class LSTM(Module):
         T, B, H = hs.shape
         dt = self.dtype
         seq = cache["return_sequences"]
-        doutputs = _check_grad("doutputs", doutputs, (B, T, H) if seq else (B, H), dt)
+        doutputs = check_grad("doutputs", doutputs, (B, T, H) if seq else (B, H), dt)
         dh = (np.zeros((B, H), dt) if dh_T is None
-              else _check_grad("dh_T", dh_T, (B, H), dt).copy())
-        dc = np.zeros((B, H), dt) if dc_T is None else _check_grad("dc_T", dc_T, (B, H), dt)
+              else check_grad("dh_T", dh_T, (B, H), dt).copy())
+        dc = np.zeros((B, H), dt) if dc_T is None else check_grad("dc_T", dc_T, (B, H), dt)
         if not seq:
             # forward: outputs = h_T
             dh += doutputs
@@ -389,7 +381,7 @@ class LSTMClassifier(Module):
         """dlogits (B, num_classes) -> dx (B, T, input_size); accumulates every gradient."""
         lstm_cache, mlp_cache = cache
         B = lstm_cache["hs"].shape[0]                          # batch-first view
-        dlogits = _check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
+        dlogits = check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
         # forward: logits = readout(h_T)
         dh_T = self.readout.backward(dlogits, mlp_cache)
         # forward: h_T = lstm(x)[:, -1]

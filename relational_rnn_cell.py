@@ -41,14 +41,6 @@ __all__ = ["RelationalRNNCell", "RelationalRNN", "RelationalRNNClassifier",
 # --------------------------------------------------------------------------------------------
 
 
-def _check_grad(name: str, value, shape: tuple, dtype) -> np.ndarray:
-    """An upstream gradient must match its output's shape exactly; cast to the model dtype."""
-    value = layers.check_array(name, value, dtype=dtype, allow_empty=True)
-    if value.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
-    return value
-
-
 def _memory_kwargs(num_slots, slot_size, num_heads, num_blocks, key_size,
                    attention_mlp_layers, gate_style, forget_bias, input_bias) -> dict:
     """Validate the memory arguments under this module's names; return RelationalMemory kwargs.
@@ -178,8 +170,8 @@ class RelationalRNNCell(layers.Module):
             dstate = (None, None, None)
         if not isinstance(dstate, (tuple, list)) or len(dstate) != 3:
             raise ValueError("dstate must be None or a tuple (dh, dc, dmemory)")
-        dout = None if dout is None else _check_grad("dout", dout, (B, H), dt)
-        dh_in, dc, dmem = (None if g is None else _check_grad(n, g, s, dt) for n, g, s in
+        dout = None if dout is None else layers.check_grad("dout", dout, (B, H), dt)
+        dh_in, dc, dmem = (None if g is None else layers.check_grad(n, g, s, dt) for n, g, s in
                            zip(("dh", "dc", "dmemory"), dstate, ((B, H), (B, H), (B, N, d))))
         dh = np.zeros((B, H), dt) if dh_in is None else dh_in.copy()
         dmemory = np.zeros((B, N, d), dt) if dmem is None else dmem.copy()
@@ -359,11 +351,11 @@ class RelationalRNN(layers.Module):
         seq = cache["return_sequences"]
         O = self.output_size
         if doutputs is not None:
-            doutputs = _check_grad("doutputs", doutputs, (B, T, O) if seq else (B, O), dt)
-        dh_T = None if dh_T is None else _check_grad("dh_T", dh_T, (B, H), dt)
-        dc_T = None if dc_T is None else _check_grad("dc_T", dc_T, (B, H), dt)
+            doutputs = layers.check_grad("doutputs", doutputs, (B, T, O) if seq else (B, O), dt)
+        dh_T = None if dh_T is None else layers.check_grad("dh_T", dh_T, (B, H), dt)
+        dc_T = None if dc_T is None else layers.check_grad("dc_T", dc_T, (B, H), dt)
         dmemory_T = (None if dmemory_T is None
-                     else _check_grad("dmemory_T", dmemory_T, (B, N, d), dt))
+                     else layers.check_grad("dmemory_T", dmemory_T, (B, N, d), dt))
 
         dhs = np.zeros((B, T, H), dt)          # gradient reaching each h_t from above
         dmemories = np.zeros((B, T, N, d), dt)  # gradient reaching each M_t from the read-out
@@ -494,7 +486,7 @@ class RelationalRNNClassifier(layers.Module):
         """dlogits (B, num_classes) -> dx (B, T, input_size); accumulates every gradient."""
         rnn_cache, mlp_cache = cache
         B = rnn_cache["hs"].shape[0]
-        dlogits = _check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
+        dlogits = layers.check_grad("dlogits", dlogits, (B, self.num_classes), self.dtype)
         # logits = readout(y_T)
         dout_T = self.readout.backward(dlogits, mlp_cache)
         # y_T = rnn(x)[:, -1]
