@@ -38,6 +38,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -127,14 +128,12 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
         raise ValueError("metrics_by_model is empty: nothing to plot")
     labels = dict(labels or {})
     kinds = list(metrics_by_model)
-    n_models = len(kinds)
-    ncols_bottom = max(2, n_models)
+    ncols_bottom = max(2, len(kinds))
     fig = _new_figure(figsize=(max(13.0, 4.4 * ncols_bottom), 12.5), dpi=dpi,
                       layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[2, 1])
-    ax_acc_s, ax_acc_t, ax_loss_s, ax_loss_t = top.subplots(2, 2).ravel()
+    panels = _Panels(*top.subplots(2, 2).ravel())
     bottom_axes = np.atleast_1d(bottom.subplots(1, ncols_bottom, sharey=True))
-
     max_time = max((float(e.get("wall_time") or 0.0) for lines in metrics_by_model.values()
                     for e in _evals(lines)), default=0.0)
     scale, time_label = _time_scale(max_time)
@@ -145,114 +144,138 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
     shared_phases = len(phase_steps) == 1
     if shared_phases:
         step_phases = next((_phases(lines) for lines in metrics_by_model.values()), [])
-        for ax in (ax_acc_s, ax_loss_s):
-            _draw_step_phases(ax, step_phases, label=ax is ax_acc_s)
-    # Legend entry for the coloured phase lines: once on each accuracy panel.
-    phase_labelled = {ax_acc_s: False, ax_acc_t: False, ax_loss_s: True, ax_loss_t: True}
-
+        for ax in (panels.acc_s, panels.loss_s):
+            _draw_step_phases(ax, step_phases, label=ax is panels.acc_s)
     for i, kind in enumerate(kinds):
         lines = metrics_by_model[kind]
-        evals = _evals(lines)
-        color = _color(kind, i)
-        name = labels.get(kind, kind)
-        if not evals:
+        if not _evals(lines):
             continue
-        steps = _series(evals, "step")
-        times = _series(evals, "wall_time") / scale
-        acc = _series(evals, "heldout_acc")
-        loss = _series(evals, "heldout_loss")
-        train_loss = _series(evals, "train_loss")
-        ax_acc_s.plot(steps, acc, color=color, label=name)
-        ax_acc_t.plot(times, acc, color=color, label=name)
-        ax_loss_s.plot(steps, loss, color=color, label=name)
-        ax_loss_t.plot(times, loss, color=color, label=name)
-        ax_loss_s.plot(steps, train_loss, color=color, linestyle=":", linewidth=1.0,
-                       label="dotted: training loss" if i == 0 else None)
-        ax_loss_t.plot(times, train_loss, color=color, linestyle=":", linewidth=1.0)
-        for event in _phases(lines):
-            at = [(ax, float(event["wall_time"]) / scale) for ax in (ax_acc_t, ax_loss_t)
-                  if event.get("wall_time") is not None]
-            if not shared_phases:
-                at += [(ax, event["step"]) for ax in (ax_acc_s, ax_loss_s)]
-            for ax, x in at:
-                ax.axvline(x, color=color, linestyle="--", linewidth=0.8, alpha=0.6,
-                           label=None if phase_labelled[ax] else "phase change (model colour)")
-                phase_labelled[ax] = True
-
-        for event in _branches(lines):
-            at = [(ax, event["step"]) for ax in (ax_acc_s, ax_loss_s)]
-            if event.get("wall_time") is not None:
-                at += [(ax, float(event["wall_time"]) / scale) for ax in (ax_acc_t, ax_loss_t)]
-            for ax, x in at:
-                ax.axvline(x, color="k", linestyle="-.", linewidth=0.9,
-                           label="branch: new settings from here" if i == 0 else None)
-
-        # Per-n panel of this model.
-        ax_n = bottom_axes[i]
-        per_n = [e.get("acc_per_n") or [] for e in evals]
-        num_n = max((len(p) for p in per_n), default=0)
-        cmap = _viridis()
-        for n in range(num_n):
-            values = np.array([np.nan if len(p) <= n or p[n] is None else float(p[n])
-                               for p in per_n])
-            tag = " (m itself)" if n == 0 else (" (farthest)" if n == num_n - 1 else "")
-            ax_n.plot(steps, values, color=cmap(n / max(1, num_n - 1)), linewidth=1.1,
-                      label=f"n={n}{tag}")
-        _draw_step_phases(ax_n, _phases(lines), label=False)
-        if chance is not None:
-            ax_n.axhline(chance, color="k", linestyle=":", linewidth=1.0, label="chance")
-        ax_n.set_title(f"{name}: held-out accuracy per rank n", fontsize=10)
-        ax_n.set_xlabel("training step")
-        ax_n.set_ylim(-0.02, 1.02)
-        ax_n.grid(alpha=0.3)
-        ax_n.legend(fontsize=7, loc="best", ncol=2 if num_n > 4 else 1)
+        name, color = labels.get(kind, kind), _color(kind, i)
+        _draw_model(panels, i, lines, name, color, scale, shared_phases)
+        _draw_per_n(bottom_axes[i], lines, name, chance)
     for ax in bottom_axes[:1]:
         ax.set_ylabel("held-out accuracy")
-    for ax in bottom_axes[n_models:]:
+    for ax in bottom_axes[len(kinds):]:
         ax.set_visible(False)
-
-    if chance is not None:
-        for ax in (ax_acc_s, ax_acc_t):
-            ax.axhline(chance, color="k", linestyle=":", linewidth=1.0,
-                       label=f"chance (1/{round(1 / chance)})" if chance > 0 else "chance")
-        if 0 < chance < 1:
-            for ax in (ax_loss_s, ax_loss_t):
-                ax.axhline(-math.log(chance), color="k", linestyle=":", linewidth=1.0,
-                           label="chance loss ln K" if ax is ax_loss_s else None)
-    for ax, ttl, xl, yl in (
-            (ax_acc_s, "Held-out accuracy vs steps", "training step", "held-out accuracy"),
-            (ax_acc_t, "Held-out accuracy vs wall time", time_label, "held-out accuracy"),
-            (ax_loss_s, "Loss vs steps (solid: held-out; dotted: training, mean since the "
-                        "previous evaluation)", "training step", "cross-entropy loss (log scale)"),
-            (ax_loss_t, "Loss vs wall time (solid: held-out; dotted: training)", time_label,
-             "cross-entropy loss (log scale)")):
-        ax.set_title(ttl, fontsize=10)
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    for ax in (ax_acc_s, ax_acc_t):
-        ax.set_ylim(-0.02, 1.02)
-    # Log scale: during curriculum phases with fewer objects the held-out loss on the full
-    # task can grow far above ln K, while the interesting part lies below it.
-    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
-
-    def label_2_and_5(value, _pos):
-        # every minor tick labelled crowds the axis: only 2x and 5x each power of ten
-        mantissa = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
-        return f"{value:g}" if mantissa in (2, 5) else ""
-
-    for ax in (ax_loss_s, ax_loss_t):
-        ax.set_yscale("log")          # values <= 0 (a perfect float32 loss) are masked
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(label_2_and_5))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+    _finish_panels(panels, chance, time_label)
     if title:
         # about 9 characters of the default title font per inch of figure width
         fig.suptitle(wrap_title(title, int(fig.get_figwidth() * 9)))
     path = os.fspath(path)
     fig.savefig(path)
     return path
+
+
+@dataclass
+class _Panels:
+    """The four top panels: accuracy and loss, against steps (``_s``) and wall time (``_t``);
+    ``labelled`` remembers which already show the legend entry of coloured phase lines."""
+
+    acc_s: object
+    acc_t: object
+    loss_s: object
+    loss_t: object
+    labelled: dict = field(default_factory=dict)
+
+
+def _draw_model(panels: _Panels, i: int, lines: Sequence[Mapping], name: str, color: str,
+                scale: float, shared_phases: bool) -> None:
+    """One model's curves on the four top panels, with its phase changes and branch points."""
+    evals = _evals(lines)
+    steps = _series(evals, "step")
+    times = _series(evals, "wall_time") / scale
+    acc, loss = _series(evals, "heldout_acc"), _series(evals, "heldout_loss")
+    train_loss = _series(evals, "train_loss")
+    p = panels
+    p.acc_s.plot(steps, acc, color=color, label=name)
+    p.acc_t.plot(times, acc, color=color, label=name)
+    p.loss_s.plot(steps, loss, color=color, label=name)
+    p.loss_t.plot(times, loss, color=color, label=name)
+    p.loss_s.plot(steps, train_loss, color=color, linestyle=":", linewidth=1.0,
+                  label="dotted: training loss" if i == 0 else None)
+    p.loss_t.plot(times, train_loss, color=color, linestyle=":", linewidth=1.0)
+    for event in _phases(lines):
+        at = [(ax, float(event["wall_time"]) / scale) for ax in (p.acc_t, p.loss_t)
+              if event.get("wall_time") is not None]
+        if not shared_phases:
+            at += [(ax, event["step"]) for ax in (p.acc_s, p.loss_s)]
+        for ax, x in at:
+            # the legend entry once on each accuracy panel (the loss panels never)
+            labelled = p.labelled.get(ax, ax in (p.loss_s, p.loss_t))
+            ax.axvline(x, color=color, linestyle="--", linewidth=0.8, alpha=0.6,
+                       label=None if labelled else "phase change (model colour)")
+            p.labelled[ax] = True
+    for event in _branches(lines):
+        at = [(ax, event["step"]) for ax in (p.acc_s, p.loss_s)]
+        if event.get("wall_time") is not None:
+            at += [(ax, float(event["wall_time"]) / scale) for ax in (p.acc_t, p.loss_t)]
+        for ax, x in at:
+            ax.axvline(x, color="k", linestyle="-.", linewidth=0.9,
+                       label="branch: new settings from here" if i == 0 else None)
+
+
+def _draw_per_n(ax_n, lines: Sequence[Mapping], name: str, chance: float | None) -> None:
+    """One model's held-out accuracy for each rank n against steps."""
+    evals = _evals(lines)
+    steps = _series(evals, "step")
+    per_n = [e.get("acc_per_n") or [] for e in evals]
+    num_n = max((len(p) for p in per_n), default=0)
+    cmap = _viridis()
+    for n in range(num_n):
+        values = np.array([np.nan if len(p) <= n or p[n] is None else float(p[n])
+                           for p in per_n])
+        tag = " (m itself)" if n == 0 else (" (farthest)" if n == num_n - 1 else "")
+        ax_n.plot(steps, values, color=cmap(n / max(1, num_n - 1)), linewidth=1.1,
+                  label=f"n={n}{tag}")
+    _draw_step_phases(ax_n, _phases(lines), label=False)
+    if chance is not None:
+        ax_n.axhline(chance, color="k", linestyle=":", linewidth=1.0, label="chance")
+    ax_n.set_title(f"{name}: held-out accuracy per rank n", fontsize=10)
+    ax_n.set_xlabel("training step")
+    ax_n.set_ylim(-0.02, 1.02)
+    ax_n.grid(alpha=0.3)
+    ax_n.legend(fontsize=7, loc="best", ncol=2 if num_n > 4 else 1)
+
+
+def _finish_panels(p: _Panels, chance: float | None, time_label: str) -> None:
+    """Chance lines, titles, labels, legends and the loss panels' log scale."""
+    if chance is not None:
+        for ax in (p.acc_s, p.acc_t):
+            ax.axhline(chance, color="k", linestyle=":", linewidth=1.0,
+                       label=f"chance (1/{round(1 / chance)})" if chance > 0 else "chance")
+        if 0 < chance < 1:
+            for ax in (p.loss_s, p.loss_t):
+                ax.axhline(-math.log(chance), color="k", linestyle=":", linewidth=1.0,
+                           label="chance loss ln K" if ax is p.loss_s else None)
+    for ax, ttl, xl, yl in (
+            (p.acc_s, "Held-out accuracy vs steps", "training step", "held-out accuracy"),
+            (p.acc_t, "Held-out accuracy vs wall time", time_label, "held-out accuracy"),
+            (p.loss_s, "Loss vs steps (solid: held-out; dotted: training, mean since the "
+                       "previous evaluation)", "training step", "cross-entropy loss (log scale)"),
+            (p.loss_t, "Loss vs wall time (solid: held-out; dotted: training)", time_label,
+             "cross-entropy loss (log scale)")):
+        ax.set_title(ttl, fontsize=10)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in (p.acc_s, p.acc_t):
+        ax.set_ylim(-0.02, 1.02)
+    # Log scale: during curriculum phases with fewer objects the held-out loss on the full
+    # task can grow far above ln K, while the interesting part lies below it.
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
+    for ax in (p.loss_s, p.loss_t):
+        ax.set_yscale("log")          # values <= 0 (a perfect float32 loss) are masked
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_label_2_and_5))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _label_2_and_5(value, _pos) -> str:
+    """Minor tick labels of a log axis: every one labelled crowds it, so only 2x and 5x each
+    power of ten."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:g}" if mantissa in (2, 5) else ""
 
 
 def wrap_title(text: str, width: int) -> str:
