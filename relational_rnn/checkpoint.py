@@ -94,8 +94,10 @@ def load_checkpoint(path, *, expect_kind: str | None = None, averaged: bool = Tr
     except CheckpointError:
         raise
     except Exception as exc:          # BadZipFile, OSError, ValueError, JSON errors, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") \
-            from exc
+        # Only the kind of failure: NumPy's own message may suggest loading pickled objects,
+        # which a checkpoint never holds and no code here ever does.
+        raise CheckpointError(f"{path} is not a checkpoint of this library: it cannot be read "
+                              f"as one ({type(exc).__name__})") from exc
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a relational-rnn N-th Farthest checkpoint")
     if meta.get("version") != CHECKPOINT_VERSION:

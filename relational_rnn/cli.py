@@ -15,15 +15,18 @@ import numpy as np
 
 import nth_farthest as nf
 from relational_rnn.cli_parser import build_parser
-from relational_rnn.cli_run import (EvaluationPlan, RunPlan, UsageError, resolve_branch,
-                                    resolve_evaluate, resolve_new, resolve_resume, start_branch)
+from relational_rnn.checkpoint import CheckpointError, load_checkpoint
+from relational_rnn.cli_run import (EvaluationPlan, RunPlan, UsageError, make_branch,
+                                    resolve_branch, resolve_evaluate, resolve_new,
+                                    resolve_resume)
 from relational_rnn.curriculum import phase_starts
 from relational_rnn.evaluation import evaluate
 from relational_rnn.outputs import branch_changes, summary_table, write_run_outputs
 from relational_rnn.parallel import check_workers
 from relational_rnn.progress import StopRequest, fmt_duration, fmt_float
 from relational_rnn.report import format_table
-from relational_rnn.run_folder import CURVES_NAME, HEATMAP_NAME, RESULTS_NAME, write_run_config
+from relational_rnn.run_folder import (CHECKPOINT_NAME, CURVES_NAME, HEATMAP_NAME, RESULTS_NAME,
+                                       model_path, remove_stale_temporaries, write_run_config)
 from relational_rnn.threads import DEFAULT_THREADS, limit_blas_threads
 from relational_rnn.trainer import train_model
 
@@ -131,6 +134,45 @@ def _train_all(plan: RunPlan, eval_set: nf.EvalSet, args) -> tuple[list[dict], b
     return outcomes, False
 
 
+def _run(plan: RunPlan, args, command: Sequence[str]) -> tuple[list[dict], bool, dict]:
+    """Write the run config (or make the branch), train, write the outputs."""
+    if plan.branch_parent is not None:
+        make_branch(plan)
+    else:
+        os.makedirs(plan.run_dir, exist_ok=True)
+        for name in remove_stale_temporaries(plan.run_dir):
+            print(f"removed {name}, left by a write that was killed", flush=True)
+        write_run_config(plan.run_dir, plan.cfg)
+    for notice in plan.notices:
+        print(notice, flush=True)
+    _announce(plan)
+    t = plan.cfg.train
+    eval_set = nf.make_eval_set(t.eval_seed, t.eval_size, t.num_objects, t.num_features,
+                                dtype=t.dtype)
+    outcomes, interrupted = _train_all(plan, eval_set, args)
+    results = write_run_outputs(plan.run_dir, plan.cfg, eval_set=eval_set, command=command,
+                                make_plots=not args.no_plots)
+    return outcomes, interrupted, results
+
+
+def _write_failure(plan: RunPlan, exc: OSError) -> str:
+    """One line for a file that could not be written: which, why, what is intact, and the
+    command that continues."""
+    what = exc.filename or "a file of the run"
+    kept = []
+    for kind in plan.kinds:
+        try:
+            info = load_checkpoint(model_path(plan.run_dir, kind, CHECKPOINT_NAME),
+                                   averaged=False)[1]
+            kept.append(f"{kind} step {info['step']}")
+        except CheckpointError:
+            pass
+    intact = (f"the checkpoints ({', '.join(kept)}) are intact" if kept
+              else "no checkpoint had been written yet")
+    return (f"could not write {what}: {exc.strerror or exc}; {intact}; when there is room, "
+            f"continue with: python nth_farthest.py --resume {plan.run_dir}")
+
+
 def _set_threads(args) -> None:
     """--threads, else one BLAS thread unless the environment already says how many."""
     if args.threads is not None:
@@ -155,17 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- every check passed: from here on files are written --------------------------------
     plan.cfg = plan.cfg.replace(commands=plan.cfg.commands + (shlex.join(command),))
-    os.makedirs(plan.run_dir, exist_ok=True)
-    write_run_config(plan.run_dir, plan.cfg)
-    if plan.branch_parent is not None:
-        start_branch(plan)
-    _announce(plan)
-    t = plan.cfg.train
-    eval_set = nf.make_eval_set(t.eval_seed, t.eval_size, t.num_objects, t.num_features,
-                                dtype=t.dtype)
-    outcomes, interrupted = _train_all(plan, eval_set, args)
-    results = write_run_outputs(plan.run_dir, plan.cfg, eval_set=eval_set, command=command,
-                                make_plots=not args.no_plots)
+    try:
+        outcomes, interrupted, results = _run(plan, args, command)
+    except OSError as exc:               # a full disk, a read-only folder, ...
+        print(f"{PROG}: error: {_write_failure(plan, exc)}", file=sys.stderr)
+        return 1
     print()
     print(summary_table(results))
     print(f"\noutputs in {plan.run_dir}: {RESULTS_NAME}"

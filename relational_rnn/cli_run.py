@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -20,9 +21,12 @@ from relational_rnn.curriculum import format_curriculum, parse_curriculum
 from relational_rnn.optimization import initial_lr, resumed_optimizer
 from relational_rnn.presets import PRESETS
 from relational_rnn.registry import MODEL_KINDS, SIZE_FIELDS_BY_KIND, build_model
-from relational_rnn.run_folder import (CHECKPOINT_NAME, METRICS_NAME, NoRunError,
+from relational_rnn.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RUN_CONFIG_NAME,
+                                       NoRunError,
                                        RunFolderError, config_json, history_until, json_safe,
-                                       model_path, read_run_config, run_files, write_metrics)
+                                       model_path, read_metrics, read_run_config, run_files,
+                                       torn_metrics_line, trained_past, write_metrics,
+                                       write_run_config)
 import nth_farthest as nf
 
 
@@ -40,6 +44,7 @@ class RunPlan:
     kinds: list[str]
     checkpoints: dict = field(default_factory=dict)
     branch_parent: str | None = None
+    notices: list[str] = field(default_factory=list)   # printed once every check has passed
 
 
 # -- the options that were given ----------------------------------------------------------
@@ -200,6 +205,43 @@ def _load_run_checkpoint(run_dir: str, kind: str, cfg: RunConfig, option: str,
     return model, info
 
 
+def _check_history(run_dir: str, kind: str, cfg: RunConfig, option: str,
+                   checkpointed: bool) -> list[str]:
+    """Check the metrics history of the ``kind`` model against its checkpoint (present or not):
+    refuse a damaged history, a lost checkpoint, an unfinished branch; return notices for what
+    the continuation will do (drop a torn last line, start a never-checkpointed model again)."""
+    path = model_path(run_dir, kind, METRICS_NAME)
+    if not os.path.exists(path):
+        return []
+    try:
+        lines, torn = read_metrics(path), torn_metrics_line(path)
+    except RunFolderError as exc:
+        raise UsageError(f"{option} {run_dir}: {exc}; nothing was changed") from None
+    notices = []
+    if torn is not None:
+        notices.append(f"[{kind}] the torn last line of {path} (what a crash leaves mid-write, "
+                       f"past the last checkpoint) is left out: {torn[:40]!r}")
+    if checkpointed:
+        return notices
+    ckpt = model_path(run_dir, kind, CHECKPOINT_NAME)
+    if cfg.branched_from is not None and kind in cfg.branched_from.get("steps", {}):
+        raise UsageError(f"{option} {run_dir}: {ckpt} is missing, so this branch was never "
+                         f"completed; make it again with --branch-from "
+                         f"{cfg.branched_from['run']} into a new --out")
+    # A checkpoint is written every checkpoint_every steps and at every stop but a NaN one: a
+    # history that reaches past that had one, which is now lost.
+    saved = [e for e in lines if e.get("event") == "stop" and e.get("reason") != "nan"]
+    last = trained_past(lines)
+    if saved or last >= cfg.train.checkpoint_every:
+        raise UsageError(f"{option} {run_dir}: {ckpt} is missing, but {path} records training "
+                         f"up to step {last}; restore the checkpoint (nothing was changed), or "
+                         f"start a new run with --out")
+    if lines:
+        notices.append(f"[{kind}] no checkpoint was written before the run stopped: it starts "
+                       f"again from step 0 (its history up to step {last} is replaced)")
+    return notices
+
+
 def _refuse(args: argparse.Namespace, allowed: Sequence[str], what: str, extra=()) -> None:
     """Refuse the task, size and preset options outside ``allowed`` (``what`` says why)."""
     changed = [option_name(k) for k in (*TRAIN_FIELDS, *SIZE_FIELDS, *extra)
@@ -247,12 +289,13 @@ def resolve_resume(args: argparse.Namespace) -> RunPlan:
     train, phases = check_train(cfg.train.replace(**_overrides(args, RESUMABLE)), cfg.models)
     cfg = cfg.replace(train=train, phases=phases)
     kinds = _run_kinds(args, cfg, run_dir)
-    checkpoints = {}
+    checkpoints, notices = {}, []
     for kind in kinds:
         found = _load_run_checkpoint(run_dir, kind, cfg, "--resume", RESUMABLE)
+        notices += _check_history(run_dir, kind, cfg, "--resume", found is not None)
         if found is not None:                 # else never checkpointed: starts afresh
             checkpoints[kind] = found
-    return RunPlan(cfg, run_dir, kinds, checkpoints)
+    return RunPlan(cfg, run_dir, kinds, checkpoints, notices=notices)
 
 
 def resolve_branch(args: argparse.Namespace) -> RunPlan:
@@ -273,12 +316,13 @@ def resolve_branch(args: argparse.Namespace) -> RunPlan:
     cfg = cfg.replace(train=train, phases=phases)
     kinds = _run_kinds(args, cfg, parent)
     _check_lr_kinds(args, kinds)
-    checkpoints = {}
+    checkpoints, notices = {}, []
     for kind in kinds:
         found = _load_run_checkpoint(parent, kind, cfg, "--branch-from", BRANCHABLE)
         if found is None:
             raise UsageError(f"--branch-from {parent}: the {kind} model has no checkpoint "
                              f"there to branch from")
+        notices += _check_history(parent, kind, cfg, "--branch-from", True)
         checkpoints[kind] = found
     check_new_out(args.out)
     old, new = before.to_json(), train.to_json()
@@ -287,26 +331,51 @@ def resolve_branch(args: argparse.Namespace) -> RunPlan:
         "steps": {kind: int(info["step"]) for kind, (_, info) in checkpoints.items()},
         "changed": {k: [old[k], new[k]] for k in BRANCHABLE
                     if k not in RESUMABLE and old[k] != new[k]}})
-    return RunPlan(cfg, args.out, kinds, checkpoints, branch_parent=parent)
+    return RunPlan(cfg, args.out, kinds, checkpoints, branch_parent=parent, notices=notices)
 
 
-def start_branch(plan: RunPlan) -> None:
-    """Write the first files of a branch: per model the parent's metrics up to the branch step
-    followed by a ``branch`` event, and the parent's checkpoint re-labelled with this run's
-    config (so ``--resume`` of the branch starts from it even before its first save)."""
+def partial_folder(out: str) -> str:
+    """Where a branch into ``out`` is made before it is renamed into place."""
+    out = os.path.abspath(out)
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
+
+
+def make_branch(plan: RunPlan) -> None:
+    """Make the branch's folder complete in :func:`partial_folder`, then rename it to
+    ``plan.run_dir``: a kill on the way leaves no half-made run there (a later attempt
+    replaces the partial folder)."""
+    partial = partial_folder(plan.run_dir)
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)
+    os.makedirs(partial)
+    write_run_config(partial, plan.cfg)
+    _write_branch_files(plan, partial)
+    if not os.path.isdir(plan.run_dir):
+        os.rename(partial, plan.run_dir)
+        return
+    # --out exists (holding no run): move the entries in, the run config last
+    for name in sorted(os.listdir(partial), key=lambda n: n == RUN_CONFIG_NAME):
+        os.replace(os.path.join(partial, name), os.path.join(plan.run_dir, name))
+    os.rmdir(partial)
+
+
+def _write_branch_files(plan: RunPlan, folder: str) -> None:
+    """Per model of a branch: the parent's metrics up to the branch step followed by a
+    ``branch`` event, and the parent's checkpoint re-labelled with this run's config (so
+    ``--resume`` of the branch starts from it even before its first save)."""
     cfg = plan.cfg
     for kind, (model, info) in plan.checkpoints.items():
         step = int(info["step"])
-        os.makedirs(os.path.join(plan.run_dir, kind), exist_ok=True)
+        os.makedirs(os.path.join(folder, kind), exist_ok=True)
         parent_metrics = os.path.join(os.path.dirname(info["path"]), METRICS_NAME)
         branch = {"event": "branch", "step": step, "wall_time": info.get("wall_time", 0.0),
                   "from": cfg.branched_from["run"], "changed": cfg.branched_from["changed"]}
-        write_metrics(model_path(plan.run_dir, kind, METRICS_NAME),
+        write_metrics(model_path(folder, kind, METRICS_NAME),
                       [*history_until(parent_metrics, step), branch])
         # The optimizer entry as the branch's own first save would write it (its rate,
         # schedule and clipping; the moments stay in the arrays).
         optimizer = resumed_optimizer(model, info, cfg.train, kind).state_dict()
-        relabel_checkpoint(info["path"], model_path(plan.run_dir, kind, CHECKPOINT_NAME),
+        relabel_checkpoint(info["path"], model_path(folder, kind, CHECKPOINT_NAME),
                            run_config=config_json(cfg), optimizer=optimizer)
 
 

@@ -59,12 +59,24 @@ def dumps(value, **kwargs) -> str:
     return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
+def _usual_mode() -> int:
+    """The permissions ``open()`` gives a new file under the user's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary file is ``.<name>.<random>.tmp``; a kill can leave one behind, which
+    :func:`remove_stale_temporaries` clears.  The file gets the usual permissions (mkstemp's
+    are 0600, which would keep a colleague on a shared machine from reading a run)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=folder)
     try:
+        os.fchmod(fd, _usual_mode())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -127,19 +139,41 @@ def model_path(run_dir: str, kind: str, name: str) -> str:
 
 # -- metrics ---------------------------------------------------------------------------------
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Parse a ``metrics.jsonl`` file: one JSON object per non-empty line."""
-    lines = []
+def _parse_metrics(path) -> tuple[list[dict], str | None]:
+    """``(lines, torn)``: the JSON objects of a metrics file, and its torn last line if any.
+
+    A torn last line (not valid JSON and not ended by a newline) is what a crash or a full disk
+    leaves in the middle of an append: it lies past the last checkpoint and carries nothing
+    that the next evaluation does not write again.  A bad line anywhere else is damage:
+    RunFolderError naming the file and the line.
+    """
     with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({exc})") from exc
-    return lines
+        text = fh.read()
+    rows = text.split("\n")
+    lines = []
+    for number, row in enumerate(rows, 1):
+        if not row.strip():
+            continue
+        try:
+            lines.append(json.loads(row))
+        except json.JSONDecodeError as exc:
+            if number == len(rows):           # the last row, with no newline after it
+                return lines, row
+            raise RunFolderError(f"{path}: line {number} is not valid JSON ({exc}): the file "
+                                 "is damaged") from None
+    return lines, None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Parse a ``metrics.jsonl`` file: one JSON object per non-empty line (a torn last line,
+    see :func:`torn_metrics_line`, is left out).  RunFolderError for a damaged file."""
+    return _parse_metrics(path)[0]
+
+
+def torn_metrics_line(path: str | os.PathLike) -> str | None:
+    """The torn last line of a metrics file (what a crash leaves mid-append), else None;
+    RunFolderError for a file damaged elsewhere."""
+    return _parse_metrics(path)[1] if os.path.exists(path) else None
 
 
 def history_until(path: str, step: int) -> list[dict]:
@@ -162,6 +196,26 @@ def truncate_metrics(path: str, step: int) -> None:
     """Keep only the history up to a checkpoint at ``step`` (see :func:`history_until`)."""
     if os.path.exists(path):
         write_metrics(path, history_until(path, step))
+
+
+def trained_past(lines: Sequence[Mapping]) -> int:
+    """The last step that a metrics history records training at (0 for none)."""
+    return max((int(e.get("step") or 0) for e in lines), default=0)
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the ``.<name>.*.tmp`` files that a killed atomic write left in ``folder`` and its
+    model folders; return their names.  Only for a folder no other process is writing."""
+    removed = []
+    for sub in ["", *MODEL_KINDS]:
+        where = os.path.join(folder, sub)
+        if not os.path.isdir(where):
+            continue
+        for name in sorted(os.listdir(where)):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(where, name))
+                removed.append(os.path.join(sub, name))
+    return removed
 
 
 class MetricsLog:
