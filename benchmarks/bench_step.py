@@ -21,8 +21,10 @@ ratio of the step times is printed (below 1: NumPy is faster).
 ``--scaling`` adds RMC figures (sonnet configuration) for the sequence length T, the number of
 memory slots N and the batch size B.
 
-The thread count (``--threads``, default 2) is put into OPENBLAS_NUM_THREADS, OMP_NUM_THREADS
-and MKL_NUM_THREADS before NumPy is imported and passed to ``torch.set_num_threads``.
+The thread count (``--threads``, default 2) is applied to the BLAS NumPy has loaded through
+``relational_rnn.threads.limit_blas_threads`` (threadpoolctl) and passed to
+``torch.set_num_threads``.  The models are those of the application's model-kind registry
+(``relational_rnn.registry``), built from the sizes below.
 
 Usage::
 
@@ -34,11 +36,31 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
+import platform
 import sys
+import time
+import tracemalloc
+from pathlib import Path
 
-MODELS = ("lstm", "rmc", "rrnn")
-MODEL_NAMES = {"lstm": "LSTM", "rmc": "RMC", "rrnn": "RelationalRNN"}
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import layers  # noqa: E402
+import nth_farthest  # noqa: E402
+from optimizer import Adam  # noqa: E402
+from relational_rnn.config import ModelSizes  # noqa: E402
+from relational_rnn.registry import KINDS, MODEL_KINDS, build_model  # noqa: E402
+from relational_rnn.threads import limit_blas_threads  # noqa: E402
+
+# The registry's kinds, the LSTM baseline first (the order of the table).
+MODELS = ("lstm",) + tuple(k for k in MODEL_KINDS if k != "lstm")
 SIZE_NAMES = ("quick", "sonnet", "run8x16", "paper")
 DTYPE_NAMES = ("float32", "float64")
 
@@ -101,34 +123,8 @@ def repeats_for(args, size: str) -> tuple[int, int]:
             args.warmup if args.warmup is not None else (1 if big else 2))
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    # Thread pools read these once, when the library loads: set them before importing NumPy.
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[_var] = str(ARGS.threads)
-
-import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "tests"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import layers  # noqa: E402
-import nth_farthest  # noqa: E402
-from lstm_baseline import LSTMClassifier  # noqa: E402
-from optimizer import Adam  # noqa: E402
-from relational_memory import RMCClassifier  # noqa: E402
-from relational_rnn_cell import RelationalRNNClassifier  # noqa: E402
-
+# The parsed command line when run as a script (None when imported, e.g. by the tests).
+ARGS: argparse.Namespace | None = None
 LEARNING_RATE = 1e-4
 
 # --------------------------------------------------------------------------------------------
@@ -171,25 +167,23 @@ def input_width(cfg: dict) -> int:
     return cfg["features"] + 3 * cfg["objects"]
 
 
+def model_sizes(model: str, cfg: dict) -> ModelSizes:
+    """The registry's sizes of ``model`` at size ``cfg`` (the fields the kind does not use are
+    left out; key size = head size, 'unit' gates)."""
+    if model not in KINDS:
+        raise ValueError(f"unknown model {model!r}")
+    every = ModelSizes(mem_slots=cfg["mem_slots"], head_size=cfg["head_size"],
+                       num_heads=cfg["num_heads"], num_blocks=cfg["num_blocks"], key_size=None,
+                       attention_mlp_layers=cfg["mlp_layers"], gate_style="unit",
+                       hidden_size=cfg["rrnn_hidden"] if model == "rrnn" else cfg["lstm_hidden"],
+                       mlp_hidden=tuple(cfg["readout"]))
+    return ModelSizes(**{name: getattr(every, name) for name in KINDS[model].size_fields})
+
+
 def build_numpy(model: str, cfg: dict, dtype, seed: int = 0):
-    """The NumPy classifier of ``model`` at size ``cfg``."""
-    rng = np.random.default_rng(seed)
-    I, C = input_width(cfg), cfg["objects"]
-    if model == "lstm":
-        return LSTMClassifier(I, cfg["lstm_hidden"], C, mlp_hidden=cfg["readout"], rng=rng,
-                              dtype=dtype)
-    if model == "rmc":
-        return RMCClassifier(I, C, mem_slots=cfg["mem_slots"], head_size=cfg["head_size"],
-                             num_heads=cfg["num_heads"], num_blocks=cfg["num_blocks"],
-                             attention_mlp_layers=cfg["mlp_layers"], mlp_hidden=cfg["readout"],
-                             rng=rng, dtype=dtype)
-    if model == "rrnn":
-        return RelationalRNNClassifier(
-            I, C, hidden_size=cfg["rrnn_hidden"], num_slots=cfg["mem_slots"],
-            slot_size=cfg["num_heads"] * cfg["head_size"], num_heads=cfg["num_heads"],
-            num_blocks=cfg["num_blocks"], attention_mlp_layers=cfg["mlp_layers"],
-            mlp_hidden=cfg["readout"], rng=rng, dtype=dtype)
-    raise ValueError(f"unknown model {model!r}")
+    """The NumPy classifier of ``model`` at size ``cfg`` (built by the registry)."""
+    return build_model(model, model_sizes(model, cfg), cfg["objects"], cfg["features"],
+                       dtype=dtype, rng=np.random.default_rng(seed))
 
 
 def make_data(cfg: dict, dtype, T: int | None = None, seed: int = 1):
@@ -484,7 +478,7 @@ HEADER = (f"{'model':<13} {'size':<6} {'dtype':<7} {'impl':<5} {'fwd ms':>8} {'b
 
 
 def format_row(r: dict) -> str:
-    return (f"{MODEL_NAMES[r['model']]:<13} {r['size']:<6} {r['dtype']:<7} {r['impl']:<5} "
+    return (f"{KINDS[r['model']].label:<13} {r['size']:<6} {r['dtype']:<7} {r['impl']:<5} "
             f"{r['forward_ms']:>8.2f} {r['backward_ms']:>8.2f} {r['optimizer_ms']:>7.2f} "
             f"{r['step_ms']:>8.2f} {r['gflop']:>7.3f} {r['gflops']:>8.1f} "
             f"{r['peak_share'] * 100:>5.1f}% {r['cache_bytes'] / 2**20:>8.2f} "
@@ -575,7 +569,7 @@ def print_ratios(rows: list[dict]) -> None:
                 m = [r for r in ratios if (r["model"], r["size"], r["dtype"])
                      == (model_name, s, dtype_name)]
                 cells.append(f"{m[0]['ratio']:>9.2f}" if m else f"{'-':>9}")
-            print(f"  {MODEL_NAMES[model_name]:<13}" + "".join(cells))
+            print(f"  {KINDS[model_name].label:<13}" + "".join(cells))
     diffs = [r["logit_diff"] for r in rows if r.get("logit_diff") is not None]
     if diffs:
         print(f"  (same weights and data: largest |NumPy - PyTorch| logit difference "
@@ -755,4 +749,6 @@ def main(args) -> int:
 
 
 if __name__ == "__main__":
+    ARGS = parse_args()
+    limit_blas_threads(ARGS.threads)
     sys.exit(main(ARGS))

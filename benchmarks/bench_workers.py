@@ -1,11 +1,13 @@
 """Time a whole training step (gradient + Adam update) with 1, 2, ... data-parallel processes.
 
 This is the step ``python nth_farthest.py --workers N`` takes: the batch is split into N shards,
-this process computes one and N - 1 worker processes the others (``parallel.DataParallel``).
-Each figure is the median over ``--repeats`` steps after ``--warmup`` steps, on one fixed batch
-of the N-th Farthest task, with one BLAS thread per process.  The default model is the one of
-the 8 x 16 runs in IMPLEMENTATION_SUMMARY.md section 5 (the ``curriculum`` preset's RMC with
-8 memory slots, batch 128).  Speed-ups need N free cores: other work on the machine lowers them.
+this process computes one and N - 1 worker processes the others
+(``relational_rnn.parallel.DataParallel``).  Each figure is the median over ``--repeats`` steps
+after ``--warmup`` steps, on one fixed batch of the N-th Farthest task, with one BLAS thread per
+process (set with ``relational_rnn.threads.limit_blas_threads``; the workers take the parent's
+count).  The default model is the one of the 8 x 16 runs in IMPLEMENTATION_SUMMARY.md section 5
+(the ``curriculum`` preset's RMC with 8 memory slots, batch 128).  Speed-ups need N free cores:
+other work on the machine lowers them.
 
 Usage::
 
@@ -17,32 +19,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import time
+from pathlib import Path
 
-# One BLAS thread per process, set before NumPy loads (the workers inherit it).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
-
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import nth_farthest  # noqa: E402
-import training  # noqa: E402
 from optimizer import Adam  # noqa: E402
+from relational_rnn.config import ModelSizes  # noqa: E402
 from relational_rnn.parallel import DataParallel  # noqa: E402
+from relational_rnn.presets import PRESETS  # noqa: E402
+from relational_rnn.registry import KINDS, MODEL_KINDS, build_model  # noqa: E402
+from relational_rnn.threads import limit_blas_threads  # noqa: E402
+
+BLAS_THREADS = 1          # per process: --workers is the way to use more cores
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=training.MODEL_KINDS, default="rmc")
+    p.add_argument("--model", choices=MODEL_KINDS, default="rmc")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
                    help="process counts to time (default 1 2)")
     p.add_argument("--num-objects", type=int, default=8, help="K (default 8)")
@@ -73,24 +76,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_sizes(args) -> dict:
-    sizes = dict(training.PRESETS["curriculum"]["models"][args.model])
-    if "mem_slots" in sizes:
-        sizes["mem_slots"] = args.mem_slots
+def model_sizes(args) -> ModelSizes:
+    """The ``curriculum`` preset's sizes of the model, with the memory asked for."""
+    fields = KINDS[args.model].size_fields
+    change = {}
+    if "mem_slots" in fields:
+        change["mem_slots"] = args.mem_slots
         for key in ("num_heads", "head_size"):
             if getattr(args, key) is not None:
-                sizes[key] = getattr(args, key)
+                change[key] = getattr(args, key)
     if args.quick_run:
-        sizes.update({k: v for k, v in dict(head_size=4, hidden_size=8, mlp_hidden=[16]).items()
-                      if k in sizes})
-    return sizes
+        change.update({k: v for k, v in dict(head_size=4, hidden_size=8, mlp_hidden=(16,)).items()
+                       if k in fields})
+    return dataclasses.replace(PRESETS["curriculum"].models[args.model], **change)
 
 
-def time_steps(args, sizes: dict, workers: int) -> float:
+def time_steps(args, sizes: ModelSizes, workers: int) -> float:
     """Median milliseconds of one training step with ``workers`` processes."""
     K, F = args.num_objects, args.num_features
-    model = training.build_model(args.model, sizes, K, F, dtype=args.dtype,
-                                 rng=np.random.default_rng(0))
+    model = build_model(args.model, sizes, K, F, dtype=args.dtype,
+                        rng=np.random.default_rng(0))
     optimizer = Adam(model, lr=1e-4, clip_norm=5.0)
     x, y, _ = nth_farthest.make_batch(np.random.default_rng(1), args.batch_size, K, F,
                                       dtype=args.dtype)
@@ -107,11 +112,12 @@ def time_steps(args, sizes: dict, workers: int) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    limit_blas_threads(BLAS_THREADS)
     sizes = model_sizes(args)
-    print(f"{training.MODEL_TITLES[args.model]}, N-th Farthest {args.num_objects} x "
+    print(f"{KINDS[args.model].title}, N-th Farthest {args.num_objects} x "
           f"{args.num_features}, batch {args.batch_size}, {args.dtype}, one BLAS thread per "
           f"process, {os.cpu_count()} CPUs; median of {args.repeats} steps")
-    print(f"sizes: {sizes}")
+    print(f"sizes: {sizes.to_json(KINDS[args.model].size_fields)}")
     print(f"{'workers':>7}  {'ms/step':>8}  {'examples/s':>10}  {'speed-up':>8}")
     base = None
     for workers in args.workers:

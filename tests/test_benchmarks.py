@@ -95,6 +95,16 @@ def test_float32_models_keep_every_cached_array_and_gradient_float32(model):
     assert all(p.dtype == np.float32 for p in runner.model.parameters().values())
 
 
+def test_the_models_are_the_registrys_kinds_built_by_the_registry():
+    from relational_rnn.registry import KINDS, MODEL_KINDS
+    assert sorted(bench.MODELS) == sorted(MODEL_KINDS) and bench.MODELS[0] == "lstm"
+    for model in bench.MODELS:
+        built = bench.build_numpy(model, bench.TINY, np.float32)
+        assert type(built) is KINDS[model].classifier
+        sizes = bench.model_sizes(model, bench.TINY)
+        assert set(sizes.to_json(KINDS[model].size_fields)) == set(KINDS[model].size_fields)
+
+
 def test_cache_nbytes_counts_each_buffer_once_and_skips_excluded_ones():
     a = np.zeros((4, 8))
     w = np.zeros(10)
