@@ -78,11 +78,16 @@ def check_array(name: str, x, *, ndim: int | None = None, last_dim: int | None =
         raise ValueError(f"{name} must have last dimension {last_dim}, got shape {x.shape}")
     if not allow_empty and x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    if dtype is not None and x.dtype != dtype:
-        x = x.astype(dtype)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+    if dtype is not None and x.dtype != dtype:
+        with np.errstate(over="ignore"):         # too large for dtype: the error below says so
+            x = x.astype(dtype)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise ValueError(f"{name} holds {bad} value(s) beyond the range of "
+                             f"{np.dtype(dtype).name} (largest {np.finfo(dtype).max:.3g})")
     return x
 
 

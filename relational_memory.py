@@ -70,6 +70,10 @@ class RelationalMemory(layers.Module):
         self.input_bias = float(input_bias)
         rng = np.random.default_rng() if rng is None else rng
         d = self.mem_size = self.num_heads * self.head_size
+        if d < 2:
+            raise ValueError("the memory row width num_heads * head_size (slot_size of a "
+                             f"RelationalRNN) must be at least 2, got {d}: LayerNorm over one "
+                             "feature is constant, so no gradient would pass through it")
         self.key_size = layers.check_positive_int(
             "key_size", self.head_size if key_size is None else key_size)
 

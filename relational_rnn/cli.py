@@ -22,7 +22,7 @@ from relational_rnn.cli_run import (EvaluationPlan, RunPlan, UsageError, make_br
 from relational_rnn.curriculum import phase_starts
 from relational_rnn.evaluation import evaluate
 from relational_rnn.outputs import branch_changes, summary_table, write_run_outputs
-from relational_rnn.parallel import check_workers
+from relational_rnn.parallel import available_cores, check_workers
 from relational_rnn.progress import StopRequest, fmt_duration, fmt_float
 from relational_rnn.report import format_table
 from relational_rnn.run_folder import (CHECKPOINT_NAME, CURVES_NAME, HEATMAP_NAME, RESULTS_NAME,
@@ -89,6 +89,9 @@ def _resolve(args) -> RunPlan | EvaluationPlan:
         check_workers(args.workers, plan.cfg.train.batch_size)
     except ValueError as exc:
         raise UsageError(f"--{exc}") from None
+    if args.workers > available_cores():
+        raise UsageError(f"--workers {args.workers} exceeds the {available_cores()} cores this "
+                         "process may use: more processes than cores only slow each step")
     return plan
 
 

@@ -29,13 +29,16 @@ def parse_curriculum(spec, num_objects: int, num_features: int) -> list[tuple]:
     plateau of an easy phase after very different numbers of steps; a gate moves each model on
     when it has learnt the phase, with the same rule for all.  The last phase has no step count
     and runs to the end.  Objects lie in [2, num_objects] and features in [1, num_features]: the
-    phases keep the layout of the target task (see ``make_batch``).  ``None``, ``""`` or
-    ``"none"`` mean no curriculum: one phase, the full task.
+    phases keep the layout of the target task (see ``make_batch``).  ``None`` or ``"none"``
+    mean no curriculum: one phase, the full task (an empty string is refused).
     """
     K = nf._check_num_objects(num_objects)
     F = layers.check_positive_int("num_features", num_features)
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
         return [(K, F, None, None)]
+    if isinstance(spec, str) and not spec.strip():
+        raise ValueError("the curriculum is empty: give phases such as '3x1:3000,4x4', or "
+                         "'none' for no curriculum")
     if not isinstance(spec, str):
         raise ValueError(f"curriculum must be a string like '3x1:3000,3x4:6000,4x4', got {spec!r}")
     items = [s.strip() for s in spec.split(",")]

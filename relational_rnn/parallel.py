@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from collections.abc import Mapping
@@ -51,6 +52,14 @@ def batch_gradient(model, x: np.ndarray, y: np.ndarray, weight: float = 1.0):
         model.backward(dlogits, cache)
     correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
     return loss, correct
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_workers(workers, batch_size: int) -> int:
