@@ -2,7 +2,7 @@
 branch or evaluate the models of a run folder.  ``python nth_farthest.py --help`` documents it.
 
 Exit status: 0 success (a stop at the time budget included), 1 a model stopped on a NaN/Inf
-loss, 2 bad arguments or run folder, 130 interrupted.
+loss or a file could not be written, 2 bad arguments or run folder, 130 interrupted.
 """
 from __future__ import annotations
 
