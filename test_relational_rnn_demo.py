@@ -34,6 +34,7 @@ from lstm_baseline import LSTM, LSTMClassifier
 from relational_memory import RelationalMemory, RMCClassifier
 from relational_rnn import cli, plots
 from relational_rnn.checkpoint import CheckpointError, load_checkpoint
+from relational_rnn.cli_parser import int_at_least
 from relational_rnn.evaluation import evaluate
 from relational_rnn.memory_report import (column, describe_checkpoint, describe_demo, header,
                                           print_report, render_attention, render_gates,
@@ -102,14 +103,7 @@ def write_heatmaps(trace: Trace, out_dir: str, example: Example, title: str) -> 
 # ============================================================================================
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+_nonneg_int = int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -616,9 +610,9 @@ BAD_INPUT = [
     (["--checkpoint", "{tmp}/missing.npz"], "no checkpoint file"),
     (["--checkpoint", "{tmp}/garbage.npz"], "is not a checkpoint of this library"),
     (["--checkpoint", "{tmp}"], "no checkpoint file"),
-    (["--seed", "-1"], "must be an integer >= 0"),
-    (["--seed", "abc"], "must be an integer >= 0"),
-    (["--steps", "1.5"], "must be an integer >= 0"),
+    (["--seed", "-1"], "expected an integer >= 0"),
+    (["--seed", "abc"], "expected an integer >= 0"),
+    (["--steps", "1.5"], "expected an integer >= 0"),
     (["--example", str(DEMO_EVAL_SIZE)], "--example must lie in"),
     (["--out", "{tmp}/garbage.npz"], "is not a folder"),
 ]

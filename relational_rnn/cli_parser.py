@@ -40,30 +40,11 @@ def _size_help(key: str) -> str:
         f"{k}: {_preset_values(key, k)}" for k in kinds)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _int_at_least(low: int):
+def int_at_least(low: int):
+    """An argparse type: an integer >= ``low`` (``1_000`` allowed)."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text.replace("_", ""))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
                 from None
@@ -71,6 +52,10 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
         return value
     return parse
+
+
+_positive_int = int_at_least(1)
+_nonneg_int = int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -281,7 +266,7 @@ def _run_options() -> list:
 def _task_options() -> list:
     """The options of the group 'task'."""
     return [
-        _opt("--num-objects", type=_int_at_least(2), metavar="K",
+        _opt("--num-objects", type=int_at_least(2), metavar="K",
              help=f"objects per example, >= 2 (presets: {_preset_values('num_objects')})"),
         _opt("--num-features", type=_positive_int, metavar="F",
              help=f"features per object (presets: {_preset_values('num_features')})"),
