@@ -20,6 +20,9 @@ feature columns beyond the first f (distances use the f active features).  A mod
 full task therefore consumes every curriculum level unchanged.
 
 Shape letters: B batch, K objects (= time steps), F features, W = F + 3 K row width.
+
+Run as a script, ``python nth_farthest.py`` trains the models of this library on the task (the
+command line of :mod:`relational_rnn.cli`; ``--help`` documents it).
 """
 from __future__ import annotations
 
