@@ -22,6 +22,9 @@ setup(
     python_requires=">=3.10",
     py_modules=MODULES,
     packages=["relational_rnn"],
+    # the shipped trained models (relational_rnn.pretrained): run folders of float32 weights
+    package_data={"relational_rnn": ["pretrained/*.md", "pretrained/*/*.json",
+                                     "pretrained/*/*/*.npz", "pretrained/*/*/*.jsonl"]},
     install_requires=["numpy>=1.23", "matplotlib>=3.5", "threadpoolctl>=3.1"],
     extras_require={"test": ["pytest>=7", "wheel"]},   # wheel: the packaging test builds one
     entry_points={"console_scripts": [

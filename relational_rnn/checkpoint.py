@@ -59,6 +59,22 @@ def save_checkpoint(path: str, *, kind: str, model, optimizer: Adam,
     atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
 
 
+def save_weights(path: str, *, kind: str, model, step: int, run_config: Mapping,
+                 weights: str, extra: Mapping | None = None) -> None:
+    """Write a weights-only checkpoint (``params/<name>`` and ``meta``; no optimizer state, no
+    data generator): what a shipped model needs to be loaded, evaluated and analysed, but not
+    resumed.  ``weights`` says which ones the model holds (``"averaged"`` or ``"last"``)."""
+    arrays = {f"params/{n}": p for n, p, _ in model.named_parameters()}
+    phases = run_config.get("phases") or [[None, None, None]]
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind,
+            "model_config": model.config, "dtype": np.dtype(model.dtype).name, "step": int(step),
+            "phase_index": phase_at(phases, max(step - 1, 0)), "optimizer": None,
+            "data_rng_state": None, "run_config": run_config, "ema": None,
+            "weights_only": weights, "numpy_version": np.__version__, **dict(extra or {})}
+    arrays["meta"] = np.array(json.dumps(json_safe(meta)))
+    atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+
+
 def load_checkpoint(path, *, expect_kind: str | None = None, averaged: bool = True):
     """Load a checkpoint written by training: ``(model, info)``, e.g.
     ``model, info = load_checkpoint("runs/quick/rmc")``.
@@ -136,7 +152,7 @@ def load_checkpoint(path, *, expect_kind: str | None = None, averaged: bool = Tr
     info = dict(meta)
     info["optimizer"] = optimizer
     info["ema"] = ema
-    info["weights"] = "averaged" if use_average else "last"
+    info["weights"] = "averaged" if use_average else (meta.get("weights_only") or "last")
     info["path"] = path
     return model, info
 

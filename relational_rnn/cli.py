@@ -48,7 +48,7 @@ def evaluate_run(plan: EvaluationPlan) -> int:
     rows, finite = [], True
     for kind, (model, info, average) in plan.checkpoints.items():
         versions = [("averaged", average), ("last", None)] if average is not None \
-            else [("last", None)]
+            else [(info["weights"], None)]
         for weights, applied in versions:
             if applied is not None:
                 with applied.applied():

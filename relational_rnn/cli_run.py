@@ -185,6 +185,9 @@ def _load_run_checkpoint(run_dir: str, kind: str, cfg: RunConfig, option: str,
         model, info = load_checkpoint(ckpt, expect_kind=kind, averaged=False)
     except CheckpointError as exc:
         raise UsageError(f"{option} {run_dir}: {exc}") from None
+    if info.get("weights_only") and option != "--evaluate":
+        raise UsageError(f"{option} {run_dir}: {ckpt} holds exported weights only (no optimizer "
+                         "state or data stream): it evaluates and loads, but cannot be continued")
     theirs, mine = info.get("run_config") or {}, json_safe(config_json(cfg))
     mismatch = [k for k in TRAIN_FIELDS if k not in may_differ
                 and theirs.get(k, LATER_DEFAULTS.get(k)) != mine[k]]
