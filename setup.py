@@ -26,7 +26,10 @@ setup(
     package_data={"relational_rnn": ["pretrained/*.md", "pretrained/*/*.json",
                                      "pretrained/*/*/*.npz", "pretrained/*/*/*.jsonl"]},
     install_requires=["numpy>=1.23", "matplotlib>=3.5", "threadpoolctl>=3.1"],
-    extras_require={"test": ["pytest>=7", "wheel"]},   # wheel: the packaging test builds one
+    extras_require={
+        "test": ["pytest>=7", "wheel"],                  # wheel: the packaging test builds one
+        "notebook": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6", "ipython>=8"],
+    },
     entry_points={"console_scripts": [
         "nth-farthest = relational_rnn.cli:main",
         "rrnn-gradcheck = autograd_checks:main",
