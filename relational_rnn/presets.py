@@ -33,21 +33,39 @@ _READ_OUT = (256, 256, 256, 256)      # the paper's read-out MLP, 4 x 256
 # in 30 minutes, where 3e-4 halved every 30 000 steps gave 97.45%.  The RelationalRNN starts at
 # 3e-4: at 6e-4 it did not leave the 3x1 plateau within that phase's 10 000 steps.  Evaluation
 # with weights averaged over about the last 1000 steps.
-_RECIPE_4X4_TRAIN = TrainSettings(num_objects=4, num_features=4,
-                         curriculum="3x1:10000@0.9,3x4:10000@0.9,4x4",
-                         steps=150_000, batch_size=128, lr=6e-4, lr_schedule="linear",
-                         lr_decay_rate=1.0, lr_decay_steps=90_000, min_lr=1e-5, clip_norm=5.0,
-                         eval_size=2000, eval_seed=20180606, eval_every=1000,
-                         checkpoint_every=2000, seed=0, dtype="float32", time_budget=1800.0,
-                         ema_decay=0.999, lr_by_model={"rrnn": 3e-4})
+_RECIPE_4X4_TRAIN = TrainSettings(
+    num_objects=4, num_features=4, curriculum="3x1:10000@0.9,3x4:10000@0.9,4x4",
+    steps=150_000, batch_size=128, lr=6e-4, lr_schedule="linear", lr_decay_rate=1.0,
+    lr_decay_steps=90_000, min_lr=1e-5, clip_norm=5.0, eval_size=2000, eval_seed=20180606,
+    eval_every=1000, checkpoint_every=2000, seed=0, dtype="float32", time_budget=1800.0,
+    ema_decay=0.999, lr_by_model={"rrnn": 3e-4})
 _RECIPE_4X4_MODELS = {
     "rmc": ModelSizes(mem_slots=4, head_size=32, num_heads=2, num_blocks=1, key_size=None,
-                attention_mlp_layers=2, gate_style="unit", mlp_hidden=_READ_OUT),
+                      attention_mlp_layers=2, gate_style="unit", mlp_hidden=_READ_OUT),
     "lstm": ModelSizes(hidden_size=256, mlp_hidden=_READ_OUT),
     "rrnn": ModelSizes(hidden_size=128, mem_slots=4, head_size=32, num_heads=2, num_blocks=1,
-                 key_size=None, attention_mlp_layers=2, gate_style="unit",
-                 mlp_hidden=_READ_OUT),
+                       key_size=None, attention_mlp_layers=2, gate_style="unit",
+                       mlp_hidden=_READ_OUT),
 }
+
+# The paper's optimisation (Santoro et al., 2018): batch 1600, Adam 1e-4 decaying (x0.9 every
+# 10 000 steps) to 8e-5, no clipping, no curriculum, the last iterate evaluated.
+_PAPER_TRAIN = TrainSettings(
+    num_objects=8, num_features=16, curriculum=None, steps=1_000_000, batch_size=1600, lr=1e-4,
+    lr_schedule="exponential", lr_decay_rate=0.9, lr_decay_steps=10_000, min_lr=8e-5,
+    clip_norm=None, eval_size=10_000, eval_seed=20180606, eval_every=1000, checkpoint_every=1000,
+    seed=0, dtype="float32", time_budget=None, ema_decay=None, lr_by_model=None)
+
+
+def _memory_models(*, slots: int, heads: int, lstm: int, rrnn_lstm: int) -> dict:
+    """The three models around a memory of ``slots`` x ``heads`` heads of 32 (1 block, attention
+    MLP 2 layers, unit gates) and the paper's read-out."""
+    memory = dict(mem_slots=slots, head_size=32, num_heads=heads, num_blocks=1, key_size=None,
+                  attention_mlp_layers=2, gate_style="unit", mlp_hidden=_READ_OUT)
+    return {"rmc": ModelSizes(**memory),
+            "lstm": ModelSizes(hidden_size=lstm, mlp_hidden=_READ_OUT),
+            "rrnn": ModelSizes(hidden_size=rrnn_lstm, **memory)}
+
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     # The README's main job: the first minutes of the curriculum recipe, for all three models,
@@ -55,9 +73,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "quick",
         summary="the first 150 s of the 'curriculum' preset for each model: 4 objects x 4 "
-                   "features, gated curriculum 3x1 -> 3x4 -> 4x4, batch 128, Adam 6e-4 "
-                   "(RelationalRNN 3e-4); "
-                   "--model all ends within about 9 minutes on 2 cores",
+                "features, gated curriculum 3x1 -> 3x4 -> 4x4, batch 128, Adam 6e-4 "
+                "(RelationalRNN 3e-4); "
+                "--model all ends within about 9 minutes on 2 cores",
         train=_RECIPE_4X4_TRAIN.replace(eval_every=500, time_budget=150.0),
         models=_RECIPE_4X4_MODELS,
     ),
@@ -65,11 +83,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "curriculum",
         summary="4 objects x 4 features, curriculum 3x1 -> 3x4 -> 4x4 with the easy "
-                   "phases gated at 90% training accuracy (at most 10 000 steps each), RMC 4 "
-                   "slots x 2 heads x 32, LSTM 256, RelationalRNN 128 + the same memory, "
-                   "read-out 4 x 256, batch 128, Adam 6e-4 (RelationalRNN 3e-4) falling "
-                   "linearly to 1e-5 over 90 000 steps, weights averaged (decay 0.999) for "
-                   "evaluation, 150 000 steps or 30 minutes per model",
+                "phases gated at 90% training accuracy (at most 10 000 steps each), RMC 4 "
+                "slots x 2 heads x 32, LSTM 256, RelationalRNN 128 + the same memory, "
+                "read-out 4 x 256, batch 128, Adam 6e-4 (RelationalRNN 3e-4) falling "
+                "linearly to 1e-5 over 90 000 steps, weights averaged (decay 0.999) for "
+                "evaluation, 150 000 steps or 30 minutes per model",
         train=_RECIPE_4X4_TRAIN,
         models=_RECIPE_4X4_MODELS,
     ),
@@ -84,17 +102,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "curriculum8x16",
         summary="the paper's task, 8 objects x 16 features, with the gated curriculum 3x1 "
-                   "-> 3x4 -> 4x4 -> 4x16 -> 6x16 -> 8x16, RMC 8 slots x 2 heads x 32, 1 "
-                   "block, read-out 4 x 256, batch 128, Adam 3e-4 (linear over 1 000 000 "
-                   "steps, nearly constant), weights averaged (decay 0.999), held-out set of "
-                   "5000; only the RMC unless --model says otherwise; no time limit (hours: use "
-                   "--time-budget and --resume)",
+                "-> 3x4 -> 4x4 -> 4x16 -> 6x16 -> 8x16, RMC 8 slots x 2 heads x 32, 1 "
+                "block, read-out 4 x 256, batch 128, Adam 3e-4 (linear over 1 000 000 "
+                "steps, nearly constant), weights averaged (decay 0.999), held-out set of "
+                "5000; only the RMC unless --model says otherwise; no time limit (hours: use "
+                "--time-budget and --resume)",
         default_models=("rmc",),
-        train=_RECIPE_4X4_TRAIN.replace(num_objects=8, num_features=16,
-                      curriculum="3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,"
-                                 "6x16:20000@0.8,8x16",
-                      steps=1_000_000, lr=3e-4, lr_decay_steps=1_000_000, eval_size=5000,
-                      eval_every=2000, time_budget=None, lr_by_model=None),
+        train=_RECIPE_4X4_TRAIN.replace(
+            num_objects=8, num_features=16,
+            curriculum="3x1:10000@0.9,3x4:10000@0.9,4x4:10000@0.9,4x16:10000@0.9,6x16:20000@0.8,"
+                       "8x16",
+            steps=1_000_000, lr=3e-4, lr_decay_steps=1_000_000, eval_size=5000, eval_every=2000,
+            time_budget=None, lr_by_model=None),
         models=dict(_RECIPE_4X4_MODELS,
                     rmc=replace(_RECIPE_4X4_MODELS["rmc"], mem_slots=8),
                     rrnn=replace(_RECIPE_4X4_MODELS["rrnn"], mem_slots=8)),
@@ -106,47 +125,22 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         "sonnet",
         summary="Sonnet's reduced example: 4 objects x 4 features, RMC 4 slots x 4 heads x "
-                   "32, 1 block, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5, no "
-                   "curriculum, 100 000 steps (hours to days on a CPU)",
-        train=TrainSettings(num_objects=4, num_features=4, curriculum=None, steps=100_000,
-                      batch_size=1600, lr=1e-4, lr_schedule="exponential",
-                      lr_decay_rate=0.9, lr_decay_steps=10_000,
-                      min_lr=8e-5, clip_norm=None, eval_size=5000, eval_seed=20180606,
-                      eval_every=500, checkpoint_every=1000, seed=0, dtype="float32",
-                      time_budget=None, ema_decay=None, lr_by_model=None),
-        models={
-            "rmc": ModelSizes(mem_slots=4, head_size=32, num_heads=4, num_blocks=1, key_size=None,
-                        attention_mlp_layers=2, gate_style="unit",
-                        mlp_hidden=_READ_OUT),
-            "lstm": ModelSizes(hidden_size=512, mlp_hidden=_READ_OUT),
-            "rrnn": ModelSizes(hidden_size=256, mem_slots=4, head_size=32, num_heads=4, num_blocks=1,
-                         key_size=None, attention_mlp_layers=2, gate_style="unit",
-                         mlp_hidden=_READ_OUT),
-        },
+                "32, 1 block, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5, no "
+                "curriculum, 100 000 steps (hours to days on a CPU)",
+        train=_PAPER_TRAIN.replace(num_objects=4, num_features=4, steps=100_000,
+                                   eval_size=5000, eval_every=500),
+        models=_memory_models(slots=4, heads=4, lstm=512, rrnn_lstm=256),
     ),
     # The paper's configuration (Santoro et al., 2018): 8 x 16 task, 8 slots, 8 heads of 32,
     # 1 block, attention MLP 2 layers, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5.
     Preset(
         "paper",
         summary="the paper: 8 objects x 16 features, RMC 8 slots x 8 heads x 32, 1 block, "
-                   "attention MLP 2 layers, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5, "
-                   "no curriculum, 1 000 000 steps (GPU reproductions took 50-140 h; on a CPU "
-                   "use --time-budget and --resume)",
-        train=TrainSettings(num_objects=8, num_features=16, curriculum=None, steps=1_000_000,
-                      batch_size=1600, lr=1e-4, lr_schedule="exponential",
-                      lr_decay_rate=0.9, lr_decay_steps=10_000,
-                      min_lr=8e-5, clip_norm=None, eval_size=10_000, eval_seed=20180606,
-                      eval_every=1000, checkpoint_every=1000, seed=0, dtype="float32",
-                      time_budget=None, ema_decay=None, lr_by_model=None),
-        models={
-            "rmc": ModelSizes(mem_slots=8, head_size=32, num_heads=8, num_blocks=1, key_size=None,
-                        attention_mlp_layers=2, gate_style="unit",
-                        mlp_hidden=_READ_OUT),
-            "lstm": ModelSizes(hidden_size=1024, mlp_hidden=_READ_OUT),
-            "rrnn": ModelSizes(hidden_size=512, mem_slots=8, head_size=32, num_heads=8, num_blocks=1,
-                         key_size=None, attention_mlp_layers=2, gate_style="unit",
-                         mlp_hidden=_READ_OUT),
-        },
+                "attention MLP 2 layers, read-out 4 x 256, batch 1600, Adam 1e-4 -> 8e-5, "
+                "no curriculum, 1 000 000 steps (GPU reproductions took 50-140 h; on a CPU "
+                "use --time-budget and --resume)",
+        train=_PAPER_TRAIN,
+        models=_memory_models(slots=8, heads=8, lstm=1024, rrnn_lstm=512),
     ),
 )}
 
