@@ -1,0 +1,1 @@
+"""The worked solutions of the exercises, in the style of the library."""
