@@ -29,6 +29,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "wheel"],                  # wheel: the packaging test builds one
         "notebook": ["nbformat>=5", "nbclient>=0.7", "ipykernel>=6", "ipython>=8"],
+        "mpi": ["mpi4py", "mpich"],                      # mpiexec -n N nth-farthest ...
     },
     entry_points={"console_scripts": [
         "nth-farthest = relational_rnn.cli:main",

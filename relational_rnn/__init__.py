@@ -11,7 +11,9 @@ this package only imports them (models <- application <- command line).  One ide
 * ``curriculum``  curriculum phases and the Curriculum that owns the phase and its gate
 * ``run_folder``  file names and every read and write of a run folder
 * ``checkpoint``  save_checkpoint / load_checkpoint
-* ``optimization``, ``evaluation``, ``progress``, ``parallel``, ``threads``
+* ``optimization``, ``evaluation``, ``progress``, ``parallel`` (``--workers``), ``threads``
+* ``mpi``         ``mpiexec -n N``: each batch shared by MPI ranks (mpi4py, imported only
+                  under an MPI launcher)
 * ``trainer``     train_model: the loop over the collaborators above
 * ``outputs``, ``plots``, ``report``  figures, results.json and tables
 * ``memory_trace``, ``memory_report``  the memory demo's tracing, analysis and text

@@ -3,6 +3,11 @@ branch or evaluate the models of a run folder.  ``python nth_farthest.py --help`
 
 Exit status: 0 success (a stop at the time budget included), 1 a model stopped on a NaN/Inf
 loss or a file could not be written, 2 bad arguments or run folder, 130 interrupted.
+
+Under an MPI launcher (``mpiexec -n N nth-farthest ...``, see :mod:`relational_rnn.mpi`) every
+rank runs :func:`main`: rank 0 alone parses, checks and sends the checked plan to the others,
+reads and writes the run folder and prints; every rank trains, a shard of each batch each, and
+returns rank 0's exit status.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from relational_rnn.cli_run import (EvaluationPlan, RunPlan, UsageError, make_br
                                     resolve_resume)
 from relational_rnn.curriculum import phase_starts
 from relational_rnn.evaluation import evaluate
+from relational_rnn.mpi import Cluster, MPIError, connect
 from relational_rnn.outputs import branch_changes, summary_table, write_run_outputs
 from relational_rnn.parallel import available_cores, check_workers
 from relational_rnn.progress import StopRequest, fmt_duration, fmt_float
@@ -69,7 +75,7 @@ def evaluate_run(plan: EvaluationPlan) -> int:
     return 0
 
 
-def _resolve(args) -> RunPlan | EvaluationPlan:
+def _resolve(args, cluster: Cluster | None = None) -> RunPlan | EvaluationPlan:
     """The checked plan of this invocation; UsageError before anything is written."""
     if args.resume is not None and args.branch_from is not None:
         raise UsageError("--resume and --branch-from exclude each other: resume a branch "
@@ -85,6 +91,9 @@ def _resolve(args) -> RunPlan | EvaluationPlan:
         plan = resolve_branch(args)
     else:
         plan = resolve_new(args)
+    if cluster is not None:
+        _check_ranks(args, cluster, plan.cfg.train.batch_size)
+        return plan
     try:
         check_workers(args.workers, plan.cfg.train.batch_size)
     except ValueError as exc:
@@ -93,6 +102,17 @@ def _resolve(args) -> RunPlan | EvaluationPlan:
         raise UsageError(f"--workers {args.workers} exceeds the {available_cores()} cores this "
                          "process may use: more processes than cores only slow each step")
     return plan
+
+
+def _check_ranks(args, cluster: Cluster, batch_size: int) -> None:
+    """Under MPI: one process per rank, and one example of each batch per rank at least."""
+    if args.workers != 1:
+        raise UsageError(f"--workers {args.workers} and mpiexec both share each batch among "
+                         "processes: under mpiexec each rank is one process, so leave out "
+                         "--workers (mpiexec -n sets the number of processes)")
+    if cluster.size > batch_size:
+        raise UsageError(f"{cluster.size} MPI ranks exceed the batch size {batch_size}: every "
+                         "rank needs one example of each batch at least")
 
 
 def _announce(plan: RunPlan) -> None:
@@ -112,33 +132,39 @@ def _announce(plan: RunPlan) -> None:
               flush=True)
 
 
-def _train_all(plan: RunPlan, eval_set: nf.EvalSet, args) -> tuple[list[dict], bool]:
-    """Train each model of the plan in turn: ``(outcomes, interrupted)``."""
+def _train_all(plan: RunPlan, eval_set: nf.EvalSet | None, args,
+               cluster: Cluster | None = None) -> tuple[list[dict], bool]:
+    """Train each model of the plan in turn: ``(outcomes, interrupted)``.  Under MPI every
+    rank takes the same path (the plan and the agreed stops are the same on each)."""
     outcomes = []
+    root = cluster is None or cluster.root
     with StopRequest() as stop:
         try:
             for kind in plan.kinds:
                 ckpt = plan.checkpoints.get(kind)
                 if ckpt is not None and ckpt[1]["step"] >= plan.cfg.train.steps:
-                    print(f"[{kind}] already at step {ckpt[1]['step']}/{plan.cfg.train.steps}: "
-                          "skipped", flush=True)
+                    if root:
+                        print(f"[{kind}] already at step {ckpt[1]['step']}/"
+                              f"{plan.cfg.train.steps}: skipped", flush=True)
                     continue
                 outcome = train_model(kind, plan.cfg, plan.run_dir, eval_set, resume_from=ckpt,
                                       log=lambda msg: print(msg, flush=True),
                                       progress=not args.no_progress, stop=stop,
-                                      workers=args.workers)
+                                      workers=args.workers, cluster=cluster)
                 outcomes.append(outcome)
                 if outcome["status"] == "interrupted":
                     return outcomes, True
         except KeyboardInterrupt:
+            if cluster is not None:       # the other ranks may be mid-step: end them all
+                raise
             print(f"\ninterrupted: the last checkpoints are kept; continue with "
                   f"--resume {plan.run_dir}", file=sys.stderr)
             return outcomes, True
     return outcomes, False
 
 
-def _run(plan: RunPlan, args, command: Sequence[str]) -> tuple[list[dict], bool, dict]:
-    """Write the run config (or make the branch), train, write the outputs."""
+def _prepare_folder(plan: RunPlan) -> nf.EvalSet:
+    """Write the run config (or make the branch), say what runs; the held-out set."""
     if plan.branch_parent is not None:
         make_branch(plan)
     else:
@@ -150,11 +176,20 @@ def _run(plan: RunPlan, args, command: Sequence[str]) -> tuple[list[dict], bool,
         print(notice, flush=True)
     _announce(plan)
     t = plan.cfg.train
-    eval_set = nf.make_eval_set(t.eval_seed, t.eval_size, t.num_objects, t.num_features,
-                                dtype=t.dtype)
-    outcomes, interrupted = _train_all(plan, eval_set, args)
-    results = write_run_outputs(plan.run_dir, plan.cfg, eval_set=eval_set, command=command,
-                                make_plots=not args.no_plots)
+    return nf.make_eval_set(t.eval_seed, t.eval_size, t.num_objects, t.num_features,
+                            dtype=t.dtype)
+
+
+def _run(plan: RunPlan, args, command: Sequence[str],
+         cluster: Cluster | None = None) -> tuple[list[dict], bool, dict | None]:
+    """Prepare the folder, train, write the outputs (under MPI: rank 0 alone writes)."""
+    root = cluster is None or cluster.root
+    eval_set = _prepare_folder(plan) if root else None
+    outcomes, interrupted = _train_all(plan, eval_set, args, cluster)
+    results = None
+    if root:
+        results = write_run_outputs(plan.run_dir, plan.cfg, eval_set=eval_set,
+                                    command=command, make_plots=not args.no_plots)
     return outcomes, interrupted, results
 
 
@@ -184,35 +219,89 @@ def _set_threads(args) -> None:
         limit_blas_threads(DEFAULT_THREADS)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line of ``nth_farthest.py``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    command = ["python", "nth_farthest.py", *argv]
+def _check_invocation(argv: list[str], cluster: Cluster | None):
+    """``(args, plan, command)`` of this invocation, or the exit status when it stops here
+    (--help, bad arguments or run folder: the reason is printed)."""
     try:
-        plan = _resolve(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:            # argparse has printed the help or the error
+        if cluster is None:
+            raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    launch = ["mpiexec", "-n", str(cluster.size)] if cluster is not None else []
+    command = [*launch, "python", "nth_farthest.py", *argv]
+    try:
+        plan = _resolve(args, cluster)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if isinstance(plan, RunPlan):
+        plan.cfg = plan.cfg.replace(commands=plan.cfg.commands + (shlex.join(command),))
+    return args, plan, command
+
+
+def _prepare(argv: list[str], cluster: Cluster | None):
+    """:func:`_check_invocation` on this process, or under MPI on rank 0, which sends the
+    outcome to the other ranks (they read no file: only rank 0 needs the run folder)."""
+    if cluster is None:
+        return _check_invocation(argv, None)
+    if not cluster.root:
+        return cluster.bcast_object(what="waiting for rank 0 to check the command")
+    outcome = _check_invocation(argv, cluster)
+    if not isinstance(outcome, int) and isinstance(outcome[1], EvaluationPlan):
+        cluster.bcast_object((outcome[0], None, outcome[2]))      # the others do nothing
+    else:
+        cluster.bcast_object(outcome)
+    return outcome
+
+
+def _main(argv: list[str], cluster: Cluster | None) -> int:
+    outcome = _prepare(argv, cluster)
+    if isinstance(outcome, int):
+        return outcome
+    args, plan, command = outcome
     _set_threads(args)
+    if plan is None:                      # --evaluate under MPI: rank 0 evaluates
+        return 0
     if isinstance(plan, EvaluationPlan):
         return evaluate_run(plan)
 
     # -- every check passed: from here on files are written --------------------------------
-    plan.cfg = plan.cfg.replace(commands=plan.cfg.commands + (shlex.join(command),))
     try:
-        outcomes, interrupted, results = _run(plan, args, command)
+        outcomes, interrupted, results = _run(plan, args, command, cluster)
     except OSError as exc:               # a full disk, a read-only folder, ...
-        print(f"{PROG}: error: {_write_failure(plan, exc)}", file=sys.stderr)
+        message = f"{PROG}: error: {_write_failure(plan, exc)}"
+        if cluster is not None:          # the other ranks wait for this one: end them all
+            cluster.abort(1, message)
+        print(message, file=sys.stderr)
         return 1
+    if results is not None:
+        _print_outputs(plan, results)
+    if interrupted:
+        return 130
+    if any(o["status"] == "nan" for o in outcomes):
+        return 1
+    return 0
+
+
+def _print_outputs(plan: RunPlan, results: dict) -> None:
     print()
     print(summary_table(results))
     print(f"\noutputs in {plan.run_dir}: {RESULTS_NAME}"
           + (f", {CURVES_NAME}" if "learning_curves" in results else "")
           + (f", {HEATMAP_NAME}" if "attention_heatmap" in results else "")
           + ", <model>/metrics.jsonl, <model>/checkpoint.npz", flush=True)
-    if interrupted:
-        return 130
-    if any(o["status"] == "nan" for o in outcomes):
-        return 1
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line of ``nth_farthest.py``; returns the exit status.  Under an MPI
+    launcher every rank runs it and returns rank 0's status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cluster = connect()
+    except MPIError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if cluster is None:
+        return _main(argv, None)
+    return cluster.run(lambda: _main(argv, cluster))

@@ -12,6 +12,11 @@ gradient is weighted by ``n_i / B`` and their sum is the batch gradient.  Only t
 differs (the sums run in another order): a run with W processes repeats bit-exactly with W
 processes; W = 1 is exactly the single-process step.
 
+How a batch is cut (:func:`batch_shards`) and how a shard's gradient is weighted
+(:func:`shard_gradient`) is written once, here: ``--workers`` (:class:`DataParallel`) and the
+MPI ranks (:mod:`relational_rnn.mpi`) both use it, so W workers and W ranks compute the same
+shards with the same weights.
+
 Why processes and not BLAS threads: the RMC's matrices are small (rows B x N, a few hundred
 columns), so a second BLAS thread gains little, and the element-wise passes (LayerNorm, gates,
 softmax) run on one core whatever the BLAS does.  A shard per core parallelises all of it.
@@ -23,7 +28,8 @@ import multiprocessing as mp
 import os
 import signal
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,6 +58,40 @@ def batch_gradient(model, x: np.ndarray, y: np.ndarray, weight: float = 1.0):
         model.backward(dlogits, cache)
     correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
     return loss, correct
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Examples ``start:stop`` of a batch of ``batch_size``: its share of the batch gradient has
+    the weight ``n_i / B`` (n_i its examples)."""
+
+    start: int
+    stop: int
+    batch_size: int
+
+    @property
+    def weight(self) -> float:
+        return (self.stop - self.start) / self.batch_size
+
+    def take(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's examples of the batch ``(x, y)``."""
+        return x[self.start:self.stop], y[self.start:self.stop]
+
+
+def batch_shards(batch_size: int, parts: int) -> list[Shard]:
+    """The ``parts`` contiguous shards of a batch of ``batch_size``, their sizes differing by
+    one at most.  The one place a batch is cut: ``--workers`` and the MPI ranks alike."""
+    parts = check_workers(parts, batch_size)
+    bounds = np.linspace(0, batch_size, parts + 1).round().astype(int)
+    return [Shard(int(a), int(b), batch_size) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def shard_gradient(model, x: np.ndarray, y: np.ndarray, weight: float) -> tuple[float, int]:
+    """The share of one shard ``(x, y)`` in the batch gradient: adds ``weight * dL_i/dparams``
+    to ``model.grads`` and returns ``(weight * L_i, correct_i)``, whose sums over the shards are
+    the batch's mean loss and its correct count.  ``weight`` is the shard's ``n_i / B``."""
+    loss, correct = batch_gradient(model, x, y, weight)
+    return loss * weight, correct
 
 
 def available_cores() -> int:
@@ -118,7 +158,7 @@ def _worker_main(conn, kind: str, sizes, num_objects: int, num_features: int,
             for name, p, _ in named:
                 np.copyto(p, shared_params[name])
             model.zero_grad()
-            loss, correct = batch_gradient(model, x, y, weight)
+            loss, correct = shard_gradient(model, x, y, weight)
             for name, _, g in named:
                 np.copyto(shared_grads[name], g)
             conn.send(("ok", loss, correct))
@@ -146,6 +186,8 @@ class DataParallel:
                  *, workers: int = 1):
         self.model = model
         self.workers = layers.check_positive_int("workers", workers)
+        self.root = True                  # this process writes the run (MPI: rank 0 alone)
+        self._votes = None
         self._named = list(model.named_parameters())
         self._conns, self._procs, self._shared_grads = [], [], []
         if workers == 1:
@@ -174,36 +216,40 @@ class DataParallel:
             self.close()
             raise
 
-    def gradient(self, x: np.ndarray, y: np.ndarray):
+    def gradient(self, x: np.ndarray, y: np.ndarray, votes: Callable | None = None):
         """Set ``model.grads`` to dL/dparams of the batch (x (B, T, W_in), y (B,)), L its mean
-        cross-entropy; returns ``(L, correct)`` as :func:`batch_gradient` does."""
+        cross-entropy; returns ``(L, correct)`` as :func:`batch_gradient` does.
+
+        ``votes`` (optional) is this process's ``() -> (out_of_time, interrupted)``: one process
+        decides alone, so :meth:`agreed_stop` asks it when the step is done."""
+        self._votes = votes
         B = len(y)
         check_workers(self.workers, B)
         self.model.zero_grad()
         if self.workers == 1:
             return batch_gradient(self.model, x, y)
-        bounds = np.linspace(0, B, self.workers + 1).round().astype(int)
-        shards = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        shards = batch_shards(B, self.workers)
         for name, p, _ in self._named:
             np.copyto(self._shared_params[name], p)
-        for i, (conn, sl) in enumerate(zip(self._conns, shards[1:])):
+        for i, (conn, shard) in enumerate(zip(self._conns, shards[1:])):
             try:
-                conn.send((x[sl], y[sl], (sl.stop - sl.start) / B))
+                conn.send((*shard.take(x, y), shard.weight))
             except OSError:
                 raise RuntimeError(self._ended(i)) from None
-        own = shards[0]
-        weight = (own.stop - own.start) / B
-        loss, correct = batch_gradient(self.model, x[own], y[own], weight)
-        loss *= weight
+        loss, correct = shard_gradient(self.model, *shards[0].take(x, y), shards[0].weight)
         for i, conn in enumerate(self._conns):
             reply = self._receive(i, conn)
-            sl = shards[i + 1]
-            loss += reply[1] * (sl.stop - sl.start) / B
+            loss += reply[1]
             correct += reply[2]
             shared = self._shared_grads[i]
             for name, _, g in self._named:
                 g += shared[name]
         return loss, correct
+
+    def agreed_stop(self) -> tuple[bool, bool]:
+        """``(out_of_time, interrupted)`` by the ``votes`` of the last :meth:`gradient`, asked
+        now (no votes: ``(False, False)``)."""
+        return self._votes() if self._votes is not None else (False, False)
 
     def _receive(self, i: int, conn):
         if not conn.poll(_REPLY_TIMEOUT):

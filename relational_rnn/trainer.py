@@ -3,7 +3,9 @@
 * :class:`TrainingState` -- what a checkpoint restores: model, Adam, weight average, data
   stream, step, wall time, the running training window and the curriculum position.
 * :class:`relational_rnn.curriculum.Curriculum` -- the phase and its gate.
-* :class:`relational_rnn.parallel.DataParallel` -- each step's gradient (one or more processes).
+* :class:`relational_rnn.parallel.DataParallel` -- each step's gradient (one or more processes),
+  or :class:`relational_rnn.mpi.MPIParallel` under ``mpiexec`` (then rank 0 alone evaluates,
+  writes and reports; every rank takes the same steps).
 * :class:`Reporter` -- metrics lines, log lines and the progress line.
 
 Randomness: ``SeedSequence(seed)`` spawns two streams, one for the initial parameters and one for
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,10 +180,13 @@ class Reporter:
 class TrainingLoop:
     """The steps of one model from its state to a stop: see :meth:`run`."""
 
-    def __init__(self, state: TrainingState, eval_set: nf.EvalSet, parallel: DataParallel,
-                 report: Reporter, ckpt_path: str, workers: int):
+    def __init__(self, state: TrainingState, eval_set: nf.EvalSet | None, parallel: DataParallel,
+                 report: Reporter, ckpt_path: str):
         self.s, self.eval_set, self.parallel, self.report = state, eval_set, parallel, report
-        self.ckpt_path, self.workers = ckpt_path, workers
+        self.ckpt_path = ckpt_path
+        # Under MPI only rank 0 evaluates, saves and reports; the others only train.
+        self.workers, self.root = parallel.workers, parallel.root
+        self.stop: StopRequest | None = None
         self.t = state.cfg.train
         # Held-out forward passes no larger than the training batch (memory), but not tiny.
         self.eval_batch = min(EVAL_BATCH, max(self.t.batch_size, 256))
@@ -191,6 +197,7 @@ class TrainingLoop:
         """Train until the last step, the time budget, a stop request or a NaN: returns
         ``(status, message)``."""
         s, t = self.s, self.t
+        self.stop = stop
         status, message = ("finished", "") if s.step >= t.steps else (None, "")
         if s.step == 0 and status is None:
             self.enter_phase()
@@ -200,10 +207,10 @@ class TrainingLoop:
             loss, failure = self.train_step()
             if failure is not None:
                 return "nan", self.stop_on_failure(failure)
-            status, message = self.stop_reason(stop)
+            status, message = self.stop_reason()
             if s.step % t.eval_every == 0 or status is not None:
                 self.evaluate()
-            if s.step % t.checkpoint_every == 0 or status is not None:
+            if self.root and (s.step % t.checkpoint_every == 0 or status is not None):
                 s.save(self.ckpt_path)
             self.show_progress(loss, status is not None)
         return status, message
@@ -226,7 +233,7 @@ class TrainingLoop:
         k, f = s.curriculum.task
         x, y, _ = nf.make_batch(s.data_rng, t.batch_size, t.num_objects, t.num_features,
                                 active_objects=k, active_features=f, dtype=np.dtype(t.dtype))
-        loss, correct = self.parallel.gradient(x, y)
+        loss, correct = self.parallel.gradient(x, y, votes=self.stop_votes)
         if not math.isfinite(loss):
             return loss, f"the training loss is {loss}"
         try:
@@ -241,14 +248,23 @@ class TrainingLoop:
         s.curriculum.observe(correct, len(y))
         return loss, None
 
-    def stop_reason(self, stop: StopRequest | None) -> tuple[str | None, str]:
+    def stop_votes(self) -> tuple[bool, bool]:
+        """This process's ``(out_of_time, interrupted)``.  The time budget is rank 0's alone
+        to decide (one clock for the whole job); a Ctrl-C on any rank stops every rank."""
+        t = self.t
+        out_of_time = (self.root and t.time_budget is not None
+                       and self.s.elapsed() >= t.time_budget)
+        return out_of_time, self.stop is not None and self.stop.requested
+
+    def stop_reason(self) -> tuple[str | None, str]:
         s, t, kind = self.s, self.t, self.s.kind
         if s.step >= t.steps:
             return "finished", ""
-        if t.time_budget is not None and s.elapsed() >= t.time_budget:
+        out_of_time, interrupted = self.parallel.agreed_stop()
+        if out_of_time:
             return "time_budget", (f"{kind}: time budget of {t.time_budget:g} s reached at step "
                                    f"{s.step}/{t.steps}; continue with --resume")
-        if stop is not None and stop.requested:
+        if interrupted:
             return "interrupted", (f"{kind}: interrupted at step {s.step}/{t.steps}; continue "
                                    "with --resume")
         return None, ""
@@ -260,6 +276,8 @@ class TrainingLoop:
                 if os.path.exists(self.ckpt_path) else "no checkpoint had been written yet")
         message = (f"{self.s.kind}: training stopped at step {bad_step}: {failure}; {kept}. "
                    "A new run with a smaller --lr or a --clip-norm may avoid it.")
+        if not self.root:
+            return message
         self.report.record({"event": "stop", "reason": "nan", "step": bad_step,
                             "wall_time": self.s.wall(), "message": message})
         self.report.bar.clear()
@@ -268,6 +286,8 @@ class TrainingLoop:
 
     def evaluate(self) -> None:
         s = self.s
+        if not self.root:
+            return
         result, also = evaluate_with_average(s.model, s.average, self.eval_set,
                                              self.t.num_objects, batch_size=self.eval_batch)
         k, f = s.curriculum.task
@@ -288,16 +308,39 @@ class TrainingLoop:
         self.report.step_done(s.step, loss, rate, left, force=force)
 
 
-def train_model(kind: str, cfg: RunConfig, run_dir: str, eval_set: nf.EvalSet, *,
+class _NoMetrics:
+    """The metrics log of a rank that writes nothing (MPI ranks other than 0)."""
+
+    def write(self, entry: Mapping) -> None:
+        pass
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _gradients(state: TrainingState, cfg: RunConfig, workers: int, cluster):
+    """What computes each step's gradient: the MPI ranks, or ``workers`` local processes."""
+    if cluster is not None:
+        return cluster.data_parallel(state.model)
+    t = cfg.train
+    return DataParallel(state.model, state.kind, cfg.sizes(state.kind), t.num_objects,
+                        t.num_features, workers=workers)
+
+
+def train_model(kind: str, cfg: RunConfig, run_dir: str, eval_set: nf.EvalSet | None, *,
                 resume_from=None, log=print, progress_stream=None, progress: bool = True,
-                stop: StopRequest | None = None, workers: int = 1) -> dict:
+                stop: StopRequest | None = None, workers: int = 1, cluster=None) -> dict:
     """Train the ``kind`` model of the run in ``run_dir`` according to its config ``cfg``.
 
     Writes ``run_dir/<kind>/metrics.jsonl`` (one JSON line per evaluation and per event) and
     ``run_dir/<kind>/checkpoint.npz`` (every ``checkpoint_every`` steps and when it stops).
     ``resume_from`` is ``load_checkpoint(..., averaged=False)``'s ``(model, info)`` to continue
     from; metrics lines past its step are dropped first.  ``workers`` processes compute each
-    step's gradient, a shard of the batch each (1 = this process alone).
+    step's gradient, a shard of the batch each (1 = this process alone).  ``cluster`` (a
+    :class:`relational_rnn.mpi.Cluster`, every rank calling with the same arguments) shares
+    each batch over the MPI ranks instead; then rank 0 alone evaluates, writes and logs, and
+    the other ranks may pass ``eval_set=None``.
 
     Stops at ``steps``, at ``time_budget`` seconds of this call, when ``stop`` is requested, or
     at a non-finite loss or gradient (then no checkpoint is written: the last one stays).
@@ -305,34 +348,39 @@ def train_model(kind: str, cfg: RunConfig, run_dir: str, eval_set: nf.EvalSet, *
     ``finished``, ``time_budget``, ``interrupted`` or ``nan``.
     """
     t = cfg.train
-    workers = check_workers(workers, t.batch_size)
-    os.makedirs(os.path.join(run_dir, kind), exist_ok=True)
+    workers = check_workers(workers if cluster is None else cluster.size, t.batch_size)
+    root = cluster is None or cluster.root
     metrics_path = model_path(run_dir, kind, METRICS_NAME)
     ckpt_path = model_path(run_dir, kind, CHECKPOINT_NAME)
+    if root:
+        os.makedirs(os.path.join(run_dir, kind), exist_ok=True)
     if resume_from is None:
         state = TrainingState.fresh(kind, cfg)
     else:
         state = TrainingState.resumed(kind, cfg, *resume_from)
-        truncate_metrics(metrics_path, state.step)
+        if root:
+            truncate_metrics(metrics_path, state.step)
     stream = sys.stderr if progress_stream is None else progress_stream
-    with MetricsLog(metrics_path, fresh=resume_from is None) as metrics, \
-            DataParallel(state.model, kind, cfg.sizes(kind), t.num_objects, t.num_features,
-                         workers=workers) as parallel:
-        report = Reporter(kind, t.steps, metrics, log=log, stream=stream, progress=progress)
+    metrics_log = (MetricsLog(metrics_path, fresh=resume_from is None) if root
+                   else nullcontext(_NoMetrics()))
+    with metrics_log as metrics, _gradients(state, cfg, workers, cluster) as parallel:
+        report = Reporter(kind, t.steps, metrics, log=log if root else _silent, stream=stream,
+                          progress=progress and root)
         if resume_from is None:
             report.say(f"[{kind}] {KINDS[kind].title}: {state.model.num_parameters():,} "
                        f"parameters, {t.steps} steps of batch {t.batch_size}, Adam lr "
-                       f"{initial_lr(t, kind):g} ({t.lr_schedule} decay)")
+                       f"{initial_lr(t, kind):g} ({t.lr_schedule} decay)"
+                       + (f", each batch shared by {workers} MPI ranks" if cluster else ""))
         else:
             report.record({"event": "resume", "step": state.step, "wall_time": state.wall0})
             report.say(f"[{kind}] resuming from step {state.step} ({ckpt_path})")
-        loop = TrainingLoop(state, eval_set, parallel, report, ckpt_path, workers)
+        loop = TrainingLoop(state, eval_set, parallel, report, ckpt_path)
         status, message = loop.run(stop)
         if status != "nan":
             report.record({"event": "stop", "reason": status, "step": state.step,
                            "wall_time": state.wall(), "message": message})
         report.bar.clear()
         if message and status != "nan":
-            log(message)
+            report.log(message)
     return {"kind": kind, "status": status, "step": state.step, "wall_time": state.wall(),
             "message": message, "last_eval": report.last_eval}
