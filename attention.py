@@ -73,11 +73,16 @@ class MultiHeadAttention(layers.Module):
         q = qkv[..., :ks]
         k = qkv[..., ks:2 * ks]
         v = qkv[..., 2 * ks:]
-        # weights = softmax(q k^T * key_size**-0.5): the scale goes on the (R, R) logits, which
-        # are smaller than q; the softmax works in the logits' buffer.
-        logits = q @ k.swapaxes(-1, -2)                        # (B, H, R, R)
-        logits *= self.scale
-        weights = layers.softmax(logits, out=logits)
+        # weights = softmax(q k^T * key_size**-0.5), the scale on the (R, R) logits (smaller
+        # than q).  The logits are stored key-major, (R_key, B, H, R_query): the softmax over
+        # the keys is then a reduction over the outer axis of an (R, B*H*R) array, several
+        # times faster than over rows of R elements; ``weights`` is a (B, H, R, R) view.
+        logits_t = np.empty((R, B, H, R), dtype=qkv.dtype)
+        np.matmul(q, k.swapaxes(-1, -2), out=logits_t.transpose(1, 2, 3, 0))
+        flat = logits_t.reshape(R, -1)
+        flat *= self.scale
+        layers.softmax(flat, axis=0, out=flat)
+        weights = logits_t.transpose(1, 2, 3, 0)
         # heads = weights @ v, written straight into the (B, R, H, head_size) layout of out
         out = np.empty((B, R, H, hs), dtype=weights.dtype)
         np.matmul(weights, v, out=out.transpose(0, 2, 1, 3))
@@ -104,13 +109,17 @@ class MultiHeadAttention(layers.Module):
         # so one scratch buffer serves every call: no fresh (B, R, H*qkv_size) array per step.
         dqkv = self._scratch((B, R, H, self.qkv_size), dout.dtype)
         dqkv_t = dqkv.transpose(0, 2, 1, 3)
-        # heads = weights @ v
-        dweights = dheads @ v.swapaxes(-1, -2)                                       # (B, H, R, R)
+        # heads = weights @ v; dweights key-major like the forward's logits (see forward)
+        dweights_t = np.empty((R, B, H, R), dtype=dout.dtype)
+        np.matmul(dheads, v.swapaxes(-1, -2), out=dweights_t.transpose(1, 2, 3, 0))
         np.matmul(weights.swapaxes(-1, -2), dheads, out=dqkv_t[..., 2 * ks:])        # dv
-        # weights = softmax(logits), formed in dweights' buffer
-        dlogits = layers.softmax_backward(dweights, weights, overwrite_dy=True)
+        # weights = softmax(logits) over the keys (axis 0 of the key-major arrays), in place
+        flat = dweights_t.reshape(R, -1)
+        layers.softmax_backward(flat, weights.transpose(3, 0, 1, 2).reshape(R, -1), axis=0,
+                                overwrite_dy=True)
         # logits = q @ k^T * scale
-        dlogits *= self.scale
+        flat *= self.scale
+        dlogits = dweights_t.transpose(1, 2, 3, 0)                                   # (B, H, R, R)
         np.matmul(dlogits, k, out=dqkv_t[..., :ks])                                  # dq
         np.matmul(dlogits.swapaxes(-1, -2), q, out=dqkv_t[..., ks:2 * ks])           # dk
         dqkv = dqkv.reshape(B, R, H * self.qkv_size)

@@ -17,6 +17,7 @@ Shape letters used in docstrings: B batch, T time, N memory slots, D features, H
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Mapping
 from typing import Iterator
 
@@ -123,13 +124,19 @@ def check_same_batch(**arrays: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None):
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None,
+                   out: np.ndarray | None = None):
     """out = x @ W + b for x of shape (..., D_in); W (D_in, D_out); b (D_out,) or None.
 
-    Returns ``out`` (..., D_out) and ``cache = (x, W)``.
+    Returns ``out`` (..., D_out) and ``cache = (x, W)``.  ``out``: a C-contiguous array of
+    that shape to write into (e.g. from a :class:`Workspace`) instead of a fresh one.
     """
     # One 2-D GEMM over all leading dims: matmul on (B, R, D) @ (D, K) may loop over B.
-    out = (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[1])
+    x2 = x.reshape(-1, x.shape[-1])
+    if out is None:
+        out = (x2 @ W).reshape(*x.shape[:-1], W.shape[1])
+    else:
+        np.matmul(x2, W, out=out.reshape(x2.shape[0], W.shape[1]))
     if b is not None:
         out += b
     return out, (x, W)
@@ -141,9 +148,36 @@ def linear_backward(dout: np.ndarray, cache, need_dx: bool = True):
     dout2 = dout.reshape(-1, dout.shape[-1])
     # forward: out = x @ W + b
     dW = x.reshape(-1, x.shape[-1]).T @ dout2
-    db = dout2.sum(axis=0)
+    db = ones_vector(dout2.shape[0], dout2.dtype) @ dout2      # column sums by one GEMV
     dx = (dout2 @ W.T).reshape(x.shape) if need_dx else None
     return dx, dW, db
+
+
+_CONSTANT_VECTORS: dict = {}
+
+
+def _constant_vector(n: int, value: float, dtype) -> np.ndarray:
+    """A read-only vector of n copies of ``value``, cached (a dict lookup per call)."""
+    key = (n, value, dtype)
+    v = _CONSTANT_VECTORS.get(key)
+    if v is None:
+        if len(_CONSTANT_VECTORS) > 256:
+            _CONSTANT_VECTORS.clear()
+        v = _CONSTANT_VECTORS[key] = np.full(n, value, dtype)
+        v.setflags(write=False)
+    return v
+
+
+def ones_vector(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n ones (cached): ``ones @ a`` sums the rows of a 2-D ``a`` by one
+    GEMV, several times faster than ``a.sum(axis=0)`` on these shapes."""
+    return _constant_vector(n, 1.0, dtype)
+
+
+def _mean_vector(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n values 1/n (cached): ``a @ v`` is the mean of each row of a,
+    by one GEMV (a reduction along short rows is about three times slower)."""
+    return _constant_vector(n, 1.0 / n, dtype)
 
 
 # Rows per block of the LayerNorm's chained element-wise passes: about this many elements, so
@@ -154,6 +188,8 @@ _BLOCK_ELEMS = 1 << 17
 def _row_blocks(rows: int, width: int):
     """Slices of about ``_BLOCK_ELEMS`` elements over ``rows`` rows of ``width`` elements."""
     step = max(1, _BLOCK_ELEMS // max(1, width))
+    if rows <= step:
+        return (slice(0, rows),)                  # the usual case: one block
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
@@ -167,21 +203,21 @@ def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     # Two fresh arrays at most (xhat, out); the chain of passes runs block by block of rows,
-    # in place, so each block stays in cache.
+    # in place, so each block stays in cache.  The row means are GEMVs with a vector of 1/D.
     xhat2 = x2 if overwrite_x else np.empty_like(x2)
     out2 = np.empty(x2.shape, np.result_type(x2.dtype, gamma.dtype, beta.dtype))
-    rstd2 = np.empty((x2.shape[0], 1), x2.dtype)
+    rstd2 = np.empty(x2.shape[0], x2.dtype)
+    inv_d = _mean_vector(D, out2.dtype)
     for sl in _row_blocks(x2.shape[0], D):
         xb, xh, r, o = x2[sl], xhat2[sl], rstd2[sl], out2[sl]
-        np.add.reduce(xb, axis=-1, keepdims=True, out=r)
-        r *= 1.0 / D                                              # mean
-        np.subtract(xb, r, out=xh)                                # xc = x - mean
-        np.einsum("nd,nd->n", xh, xh, out=r[:, 0])                # sum(xc^2), no temporary
-        r *= 1.0 / D
+        np.matmul(xb, inv_d, out=r)                               # mean
+        np.subtract(xb, r[:, None], out=xh)                       # xc = x - mean
+        np.multiply(xh, xh, out=o)                                # xc^2, in out's buffer
+        np.matmul(o, inv_d, out=r)                                # var = mean(xc^2)
         r += eps
         np.sqrt(r, out=r)
         np.reciprocal(r, out=r)                                   # rstd = 1 / sqrt(var + eps)
-        xh *= r                                                   # xhat = xc * rstd
+        xh *= r[:, None]                                          # xhat = xc * rstd
         np.multiply(xh, gamma, out=o)                             # out = xhat * gamma + beta
         o += beta
     lead = x.shape[:-1]
@@ -192,40 +228,38 @@ def layernorm_backward(dout: np.ndarray, cache, *, overwrite_dout: bool = False)
     """Backward of ``layernorm_forward``.  Returns ``dx``, ``dgamma``, ``dbeta``.
 
     With ``overwrite_dout`` (for a temporary the caller no longer needs) ``dx`` is formed in
-    dout's buffer.
+    dout's buffer.  Five element-wise passes and four GEMVs per block of rows.
     """
     xhat, rstd, gamma = cache
     D = xhat.shape[-1]
     dout2 = dout.reshape(-1, D)
     xhat2 = xhat.reshape(-1, D)
-    rstd2 = rstd.reshape(-1, 1)
+    rstd2 = rstd.reshape(-1)
     dx2 = dout2 if overwrite_dout else np.empty(dout2.shape,
                                                 np.result_type(dout2.dtype, gamma.dtype))
     blocks = _row_blocks(dout2.shape[0], D)
     tmp = np.empty((blocks[0].stop - blocks[0].start, D), dx2.dtype)   # one block's scratch
-    stats = np.empty((tmp.shape[0], 2), dx2.dtype)
-    dgammas, dbetas = [], []
+    g_over_d = gamma * (1.0 / D)
+    dgamma = dbeta = 0
     for sl in blocks:
         db, xh, dxb, r = dout2[sl], xhat2[sl], dx2[sl], rstd2[sl]
-        n = db.shape[0]
-        t, m_dn, m_dnn = tmp[:n], stats[:n, 0:1], stats[:n, 1:2]
-        # forward: out = xhat * gamma + beta  (before db may be overwritten below)
-        dgammas.append(np.einsum("nd,nd->d", db, xh))
-        dbetas.append(np.add.reduce(db, axis=0))
-        np.multiply(db, gamma, out=dxb)                          # dn = dout * gamma
-        # forward: xhat = (x - mean) * rstd -> compact form rstd * (dn - mean(dn) - n mean(dn n))
-        np.add.reduce(dxb, axis=-1, keepdims=True, out=m_dn)
-        m_dn *= 1.0 / D
-        np.einsum("nd,nd->n", dxb, xh, out=m_dnn[:, 0])
-        m_dnn *= 1.0 / D
-        np.multiply(xh, m_dnn, out=t)
-        t += m_dn
+        t = np.multiply(db, xh, out=tmp[:db.shape[0]])           # dout * xhat
+        ones = ones_vector(db.shape[0], db.dtype)
+        # forward: out = xhat * gamma + beta  (column sums by GEMVs, before db is overwritten)
+        dgamma = dgamma + ones @ t
+        dbeta = dbeta + ones @ db
+        # forward: xhat = (x - mean) * rstd.  With dn = dout * gamma:
+        # dx = rstd * (dn - mean(dn) - xhat * mean(dn * xhat)); both row means are GEMVs with
+        # gamma / D, and mean(dn * xhat) reuses dout * xhat.
+        a = t @ g_over_d
+        a *= r                                                   # rstd * mean(dn * xhat)
+        c = db @ g_over_d
+        c *= r                                                   # rstd * mean(dn)
+        np.multiply(xh, a[:, None], out=t)
+        t += c[:, None]
+        np.multiply(db, gamma, out=dxb)                          # dn
+        dxb *= r[:, None]
         dxb -= t
-        dxb *= r
-    dgamma, dbeta = dgammas[0], dbetas[0]
-    for dg, dbt in zip(dgammas[1:], dbetas[1:]):
-        dgamma += dg
-        dbeta += dbt
     return dx2.reshape(dout.shape), dgamma, dbeta
 
 
@@ -331,16 +365,63 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
     return loss, dlogits, probs
 
 
+class Workspace:
+    """Large arrays recycled from one call to the next.
+
+    ``empty(key, shape, dtype)`` returns the array last handed out under ``key`` once nothing
+    else holds it (no live cache keeps it or a view of it), else a fresh one.  A training loop
+    then allocates its large per-step arrays once: glibc gives large freed blocks back to the
+    system, and every page of fresh memory costs a page fault (several microseconds in a
+    virtual machine): an LSTM step page-faulted 4 to 8 MB without this.
+    """
+
+    def __init__(self):
+        self._arrays: dict = {}
+
+    def empty(self, key, shape: tuple, dtype) -> np.ndarray:
+        a = self._arrays.get(key)
+        # references to a free array: the dict's, ``a`` and getrefcount's own argument
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype or sys.getrefcount(a) > 3:
+            a = self._arrays[key] = np.empty(shape, dtype)
+        return a
+
+
 # --------------------------------------------------------------------------------------------
 # Module seam
 # --------------------------------------------------------------------------------------------
 
 
-class Module:
+class FlatBuffers:
+    """Every parameter of a module tree in one flat vector ``params`` and every gradient in
+    another, ``grads``; ``names``, ``param_views`` and ``grad_views`` list the tensors (each a
+    view of its vector) in ``named_parameters()`` order.  See :meth:`Module.pack_parameters`."""
+
+    __slots__ = ("params", "grads", "names", "param_views", "grad_views")
+
+    def __init__(self, params, grads, names, param_views, grad_views):
+        self.params, self.grads, self.names = params, grads, names
+        self.param_views, self.grad_views = param_views, grad_views
+
+
+class _PackedAfterInit(type):
+    """Metaclass of :class:`Module`: as soon as a module's constructor has run, its parameters
+    and gradients (its children's included) are packed into flat vectors
+    (:meth:`Module.pack_parameters`), before any other code can hold a reference to them."""
+
+    def __call__(cls, *args, **kwargs):
+        module = super().__call__(*args, **kwargs)
+        module.pack_parameters()
+        return module
+
+
+class Module(metaclass=_PackedAfterInit):
     """Base of every layer and model: ``params``/``grads`` dicts plus named child modules.
 
     Subclasses register tensors with :meth:`add_param` and sub-modules with :meth:`add_child`.
-    Dotted names join the child name and the parameter name: ``memory.attn.W_qkv``.
+    Dotted names join the child name and the parameter name: ``memory.attn.W_qkv``.  Once
+    constructed, the parameters of a module are views of one flat vector, and its gradients
+    of another (:meth:`flat_buffers`), so that the optimizer, clipping, the weight average and
+    :meth:`zero_grad` are a few vector operations instead of one small operation per tensor.
     """
 
     def __init__(self, dtype=np.float64):
@@ -348,6 +429,7 @@ class Module:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.children: dict[str, Module] = {}
+        self._flat: FlatBuffers | None = None
 
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
         value = np.ascontiguousarray(value, dtype=self.dtype)
@@ -361,10 +443,66 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """Yield ``(dotted_name, param, grad)`` for this module and every descendant."""
+        return iter(self._collect_parameters(prefix, []))
+
+    def _collect_parameters(self, prefix: str, out: list) -> list:
+        # one list built by plain recursion: several times cheaper than nested generators,
+        # and the optimizer, the average and zero_grad walk the tree at every step
         for name, p in self.params.items():
-            yield prefix + name, p, self.grads[name]
+            out.append((prefix + name, p, self.grads[name]))
         for cname, child in self.children.items():
-            yield from child.named_parameters(prefix + cname + ".")
+            child._collect_parameters(prefix + cname + ".", out)
+        return out
+
+    def modules(self) -> Iterator["Module"]:
+        """This module and every descendant."""
+        yield self
+        for child in self.children.values():
+            yield from child.modules()
+
+    def pack_parameters(self) -> bool:
+        """Move every parameter of this module and its descendants, in ``named_parameters()``
+        order, into one flat vector, and every gradient into another; each tensor becomes a
+        view of its vector (same name, shape, dtype and values).  Packs of descendants are
+        superseded.  Returns False, changing nothing, when there are no parameters or their
+        dtypes differ.  Called after every constructor (the metaclass)."""
+        slots = [(m, name) for m in self.modules() for name in m.params]
+        dtypes = {m.params[name].dtype for m, name in slots}
+        if len(dtypes) != 1:
+            return False
+        sizes = [m.params[name].size for m, name in slots]
+        flat_p = np.empty(sum(sizes), dtypes.pop())
+        flat_g = np.empty_like(flat_p)
+        start = 0
+        for (m, name), size in zip(slots, sizes):
+            for store, flat in ((m.params, flat_p), (m.grads, flat_g)):
+                view = flat[start:start + size].reshape(store[name].shape)
+                view[...] = store[name]
+                store[name] = view
+            start += size
+        for m in self.modules():
+            m._flat = None
+        entries = list(self.named_parameters())
+        self._flat = FlatBuffers(flat_p, flat_g, tuple(n for n, _, _ in entries),
+                                 tuple(p for _, p, _ in entries), tuple(g for _, _, g in entries))
+        return True
+
+    def flat_buffers(self, entries=None) -> FlatBuffers | None:
+        """The flat vectors behind every parameter and gradient, or None when the tensors are
+        no longer exactly those views (a parameter added or replaced since the packing, a
+        copied module).  ``entries``: ``list(self.named_parameters())`` if already at hand."""
+        flat = getattr(self, "_flat", None)
+        if flat is None:
+            return None
+        entries = list(self.named_parameters()) if entries is None else entries
+        if len(entries) != len(flat.names):
+            return None
+        for (name, p, g), n0, p0, g0 in zip(entries, flat.names, flat.param_views,
+                                            flat.grad_views):
+            if name != n0 or p is not p0 or g is not g0 or p.base is not flat.params \
+                    or g.base is not flat.grads:
+                return None
+        return flat
 
     def parameters(self) -> dict[str, np.ndarray]:
         """All parameters by dotted name (the arrays themselves, not copies)."""
@@ -375,6 +513,10 @@ class Module:
         return {n: g for n, _, g in self.named_parameters()}
 
     def zero_grad(self) -> None:
+        flat = self.flat_buffers()
+        if flat is not None:
+            flat.grads.fill(0)                    # one vector for every gradient
+            return
         for _, _, g in self.named_parameters():
             g.fill(0)
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from layers import (MLP, Module, check_array, check_grad, check_positive_int, check_same_batch,
-                    init_fan_in, linear_backward, linear_forward, sigmoid,
+from layers import (MLP, Module, Workspace, check_array, check_grad, check_positive_int,
+                    check_same_batch, init_fan_in, linear_backward, linear_forward, sigmoid,
                     sigmoid_backward, tanh_backward)
 
 FORGET_BIAS = 1.0
@@ -134,12 +134,12 @@ class LSTMCell(Module):
 
     # -- the split API: input projection outside the recurrence -------------------------------
 
-    def project_input(self, x: np.ndarray):
+    def project_input(self, x: np.ndarray, out: np.ndarray | None = None):
         """xw = x W_x + b for x (..., D) (any leading dims, e.g. (B, T, D)) -> (..., 4H), cache.
 
-        No validation: callers validate x first.
+        No validation: callers validate x first.  ``out``: an array to write xw into.
         """
-        return linear_forward(x, self.params["W_x"], self.params["b"])
+        return linear_forward(x, self.params["W_x"], self.params["b"], out=out)
 
     def project_input_backward(self, dxw: np.ndarray, cache, need_dx: bool = True):
         """Accumulate dW_x and db from dxw (..., 4H); return dx (..., D) (None if not needed)."""
@@ -223,6 +223,7 @@ class LSTM(Module):
                                                     dtype=dtype))
         self.input_size = self.cell.input_size
         self.hidden_size = self.cell.hidden_size
+        self._workspace = Workspace()         # the sequence buffers, reused from step to step
 
     def forward(self, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray | None = None,
                 *, return_sequences: bool = True, return_state: bool = False,
@@ -249,13 +250,16 @@ class LSTM(Module):
 
         # Time-major buffers: every per-step slice [t] is one contiguous (B, .) block, for the
         # recurrent GEMMs and for the dW_h GEMM over the steps t >= 1.  The cache exposes
-        # them as batch-first views.
+        # them as batch-first views.  They come from the workspace: reused once the previous
+        # step's cache is gone, instead of fresh (page-faulted) memory at every step.
+        ws = self._workspace
         # forward: xw_t = x_t W_x + b for all T steps in one GEMM; xw then holds the activations.
-        xw, lin_cache = self.cell.project_input(x.transpose(1, 0, 2))    # (T, B, 4H)
+        xw, lin_cache = self.cell.project_input(x.transpose(1, 0, 2),
+                                                out=ws.empty("xw", (T, B, 4 * H), dt))
         W_h = self.cell.params["W_h"]
-        hs = np.empty((T, B, H), dt)                           # h_1 .. h_T
-        cs = np.empty((T + 1, B, H), dt)                       # c_0 .. c_T
-        tcs = np.empty((T, B, H), dt)                          # tanh(c_1) .. tanh(c_T)
+        hs = ws.empty("hs", (T, B, H), dt)                     # h_1 .. h_T
+        cs = ws.empty("cs", (T + 1, B, H), dt)                 # c_0 .. c_T
+        tcs = ws.empty("tcs", (T, B, H), dt)                   # tanh(c_1) .. tanh(c_T)
         cs[0] = c
         h_init = h.copy()                                      # h_0, kept for dW_h
         for t in range(T):
@@ -300,7 +304,7 @@ class LSTM(Module):
             dh += doutputs
 
         W_h = self.cell.params["W_h"]
-        dZ = np.empty_like(act)                                # (T, B, 4H)
+        dZ = self._workspace.empty("dZ", act.shape, dt)        # (T, B, 4H)
         # dh_0 is only returned when an initial state was given
         need_dh0 = cache["given_state"]
         for t in range(T - 1, -1, -1):

@@ -104,6 +104,27 @@ def _norm_buffer(arrays) -> np.ndarray | None:
     return np.empty(min(_NORM_CHUNK, max(sizes)), np.float64) if sizes else None
 
 
+def _like_parameters(entries) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Zeros shaped like each parameter of ``entries`` (name, param, grad), by name: views of
+    one flat vector (returned first) when the parameters share a dtype, else separate arrays
+    (and None).  The flat vector lets the whole update be a few vector operations."""
+    dtypes = {p.dtype for _, p, _ in entries}
+    if len(dtypes) != 1:
+        return None, {n: np.zeros_like(p) for n, p, _ in entries}
+    flat = np.zeros(sum(p.size for _, p, _ in entries), dtypes.pop())
+    views, start = {}, 0
+    for name, p, _ in entries:
+        views[name] = flat[start:start + p.size].reshape(p.shape)
+        start += p.size
+    return flat, views
+
+
+def _scale(arrays, factor: float) -> None:
+    """Multiply every array by ``factor`` in place (a Python float: float32 stays float32)."""
+    for a in arrays:
+        a *= factor
+
+
 def _global_norm(grads: list[np.ndarray], buf: np.ndarray | None) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         return math.sqrt(sum(_sum_squares(g, buf) for g in grads))
@@ -133,9 +154,7 @@ def clip_global_norm(grads: Iterable[np.ndarray], max_norm: float) -> float:
         raise FloatingPointError(f"global gradient norm is {norm} (a gradient holds NaN or Inf); "
                                  "gradients left unchanged")
     if norm > max_norm:
-        scale = max_norm / norm               # Python float: float32 arrays stay float32
-        for g in grads:
-            g *= scale
+        _scale(grads, max_norm / norm)
     return norm
 
 
@@ -350,16 +369,15 @@ class Adam:
         self.schedule = schedule
         self.t = 0
         self._names = tuple(names)
-        self.m: dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p, _ in entries}
-        self.v: dict[str, np.ndarray] = {n: np.zeros_like(p) for n, p, _ in entries}
-        # One flat scratch buffer per dtype, as large as the largest parameter of that dtype;
-        # each parameter works in a view of it, so a step allocates no array-sized temporaries.
-        largest: dict[np.dtype, int] = {}
-        for _, p, _ in entries:
-            largest[p.dtype] = max(largest.get(p.dtype, 0), p.size)
-        scratch = {dt: np.empty(size, dt) for dt, size in largest.items()}
-        self._tmp = {n: scratch[p.dtype][: p.size].reshape(p.shape) for n, p, _ in entries}
-        self._norm_buf = _norm_buffer([g for _, _, g in entries])
+        # m and v by name, views of one flat vector each (laid out like the model's packed
+        # parameters, layers.Module.pack_parameters): with a packed model a step is a few
+        # operations on whole vectors.
+        self._m_flat, self.m = _like_parameters(entries)
+        self._v_flat, self.v = _like_parameters(entries)
+        self._tmp_flat, self._tmp = _like_parameters(entries)   # scratch: no temporaries
+        flat = model.flat_buffers(entries)
+        self._norm_buf = _norm_buffer([flat.grads] if flat is not None
+                                      else [g for _, _, g in entries])
 
     # -- hyperparameters ----------------------------------------------------------------------
 
@@ -415,7 +433,9 @@ class Adam:
         Inf; nothing (parameters, moments, step count, gradients) is changed then.
         """
         entries = self._entries()
-        grads = [g for _, _, g in entries]
+        flat = self.model.flat_buffers(entries) if self._m_flat is not None else None
+        # a packed model: one vector for every gradient (and parameter, moment, scratch)
+        grads = [flat.grads] if flat is not None else [g for _, _, g in entries]
         grad_norm = _global_norm(grads, self._norm_buf)
         if not math.isfinite(grad_norm):
             for name, _, g in entries:
@@ -430,46 +450,50 @@ class Adam:
 
         clipped = self.clip_norm is not None and grad_norm > self.clip_norm
         if clipped:
-            scale = self.clip_norm / grad_norm
-            for g in grads:
-                g *= scale
+            _scale(grads, self.clip_norm / grad_norm)
 
         self.t += 1
-        t = self.t
-        b1, b2 = self.beta1, self.beta2
-        bc1 = 1.0 - b1 ** t
-        bc2 = 1.0 - b2 ** t
+        coefficients = self._coefficients(lr, self.t)
+        if flat is not None:
+            self._update(flat.params, flat.grads, self._m_flat, self._v_flat, self._tmp_flat,
+                         *coefficients)
+        else:
+            for name, p, g in entries:
+                self._update(p, g, self.m[name], self.v[name], self._tmp[name], *coefficients)
+        return {"lr": lr, "grad_norm": grad_norm, "clipped": bool(clipped)}
+
+    def _coefficients(self, lr: float, t: int) -> tuple:
+        """The scalars of step ``t``: (step_size, eps_hat, decay), Python floats (float32
+        arrays stay float32)."""
+        bc1 = 1.0 - self.beta1 ** t
+        bc2 = 1.0 - self.beta2 ** t
         # m_hat / (sqrt(v_hat) + eps) = (sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)):
         # the same quantity with the bias corrections folded into two scalars.
         sqrt_bc2 = math.sqrt(bc2)
-        step_size = lr * sqrt_bc2 / bc1
-        eps_hat = self.eps * sqrt_bc2
-        decay = 1.0 - lr * self.weight_decay
-        one_minus_b1 = 1.0 - b1
-        one_minus_b2 = 1.0 - b2
-        # Python-float scalars keep float32 arrays in float32 loops.
-        for name, p, g in entries:
-            m, v, tmp = self.m[name], self.v[name], self._tmp[name]
-            # m = b1 m + (1 - b1) g
-            m *= b1
-            np.multiply(g, one_minus_b1, out=tmp)
-            m += tmp
-            # v = b2 v + (1 - b2) g^2
-            v *= b2
-            np.multiply(g, g, out=tmp)
-            tmp *= one_minus_b2
-            v += tmp
-            # tmp = lr * m_hat / (sqrt(v_hat) + eps)
-            np.sqrt(v, out=tmp)
-            tmp += eps_hat
-            np.divide(m, tmp, out=tmp)
-            tmp *= step_size
-            # p -= lr * weight_decay * p   (decoupled; uses p before the Adam step)
-            if self.weight_decay > 0:
-                p *= decay
-            # p -= lr * m_hat / (sqrt(v_hat) + eps)
-            p -= tmp
-        return {"lr": lr, "grad_norm": grad_norm, "clipped": bool(clipped)}
+        return lr * sqrt_bc2 / bc1, self.eps * sqrt_bc2, 1.0 - lr * self.weight_decay
+
+    def _update(self, p, g, m, v, tmp, step_size: float, eps_hat: float, decay: float) -> None:
+        """The Adam update of ``p`` (any shape; a whole flat vector, or one tensor) in place."""
+        b1, b2 = self.beta1, self.beta2
+        # m = b1 m + (1 - b1) g
+        m *= b1
+        np.multiply(g, 1.0 - b1, out=tmp)
+        m += tmp
+        # v = b2 v + (1 - b2) g^2
+        v *= b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
+        # tmp = lr * m_hat / (sqrt(v_hat) + eps)
+        np.sqrt(v, out=tmp)
+        tmp += eps_hat
+        np.divide(m, tmp, out=tmp)
+        tmp *= step_size
+        # p -= lr * weight_decay * p   (decoupled; uses p before the Adam step)
+        if self.weight_decay > 0:
+            p *= decay
+        # p -= lr * m_hat / (sqrt(v_hat) + eps)
+        p -= tmp
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -572,21 +596,35 @@ class ExponentialMovingAverage:
         self.model = model
         self.t = 0
         self._names = tuple(n for n, _, _ in entries)
-        self.average: dict[str, np.ndarray] = {n: p.copy() for n, p, _ in entries}
-        self._tmp = {n: np.empty_like(p) for n, p, _ in entries}
+        # by name, views of one flat vector when the parameters share a dtype (see Adam)
+        self._average_flat, self.average = _like_parameters(entries)
+        self._tmp_flat, self._tmp = _like_parameters(entries)
+        for name, p, _ in entries:
+            self.average[name][...] = p
 
-    def _params(self) -> list[tuple[str, np.ndarray]]:
-        """The model's current (name, param), checked against the average's names and shapes."""
-        entries = [(n, p) for n, p, _ in self.model.named_parameters()]
-        if tuple(n for n, _ in entries) != self._names:
+    def _params(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The model's current (name, param, grad), checked against the average's names and
+        shapes."""
+        entries = list(self.model.named_parameters())
+        if tuple(n for n, _, _ in entries) != self._names:
             raise RuntimeError("the model's parameters changed since the average was built: "
-                               f"expected {list(self._names)}, got {[n for n, _ in entries]}")
-        for name, p in entries:
+                               f"expected {list(self._names)}, got {[n for n, _, _ in entries]}")
+        for name, p, _ in entries:
             a = self.average[name]
             if p.shape != a.shape or p.dtype != a.dtype:
                 raise RuntimeError(f"parameter {name!r} is now {p.dtype}{p.shape}, the average "
                                    f"holds {a.dtype}{a.shape}")
         return entries
+
+    def _triples(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(param, average, scratch) to work on: the three flat vectors for a packed model
+        (a few vector operations), else one triple per tensor."""
+        entries = self._params()
+        if self._average_flat is not None:
+            flat = self.model.flat_buffers(entries)
+            if flat is not None:
+                return [(flat.params, self._average_flat, self._tmp_flat)]
+        return [(p, self.average[name], self._tmp[name]) for name, p, _ in entries]
 
     def current_decay(self, t: int | None = None) -> float:
         """``d_t`` of the update that takes the count from ``t`` (default: now) to ``t + 1``."""
@@ -596,8 +634,7 @@ class ExponentialMovingAverage:
     def update(self) -> None:
         """Fold the model's current parameters into the average (one step)."""
         rate = 1.0 - self.current_decay()
-        for name, p in self._params():
-            avg, tmp = self.average[name], self._tmp[name]
+        for p, avg, tmp in self._triples():
             # avg <- avg + (1 - d_t) * (p - avg)
             np.subtract(p, avg, out=tmp)
             tmp *= rate
@@ -607,15 +644,15 @@ class ExponentialMovingAverage:
     @contextmanager
     def applied(self):
         """Context manager: the model holds the averaged parameters inside the block."""
-        entries = self._params()
-        for name, p in entries:
-            self._tmp[name][...] = p
-            p[...] = self.average[name]
+        triples = self._triples()
+        for p, avg, tmp in triples:
+            tmp[...] = p
+            p[...] = avg
         try:
             yield self.model
         finally:
-            for name, p in entries:
-                p[...] = self._tmp[name]
+            for p, _, tmp in triples:
+                p[...] = tmp
 
     def state_dict(self) -> dict:
         """``decay``, update count ``t`` and a copy of the averaged arrays."""

@@ -242,8 +242,12 @@ class RelationalMemory(layers.Module):
             dgates *= sig_grad
             # gates = tanh(memory) W_gm + gx[:, None] + bias
             dgx = np.add.reduce(dgates, axis=1)
-            dtanh_mem, dW_gm, _ = layers.linear_backward(dgates, cache["gm_cache"])
-            self.grads["W_gm"] += dW_gm
+            tanh_mem2, W_gm = cache["gm_cache"]
+            tanh_mem2 = tanh_mem2.reshape(-1, d)
+            dgates2 = dgates.reshape(-1, 2 * G)
+            # (two GEMMs, not linear_backward: there is no bias whose gradient to sum)
+            self.grads["W_gm"] += tanh_mem2.T @ dgates2
+            dtanh_mem = (dgates2 @ W_gm.T).reshape(memory.shape)
             # tanh_mem = tanh(memory); dtanh_mem is ours, so the product is formed in it
             tanh_mem = cache["tanh_mem"]
             t = np.multiply(tanh_mem, tanh_mem)

@@ -284,55 +284,64 @@ class RelationalRNN(layers.Module):
         return_state; the cache for :meth:`backward` last with return_cache.
         """
         x, state0 = self._check_inputs(sequence, h0, c0, memory0)
-        cell, dt = self.cell, self.dtype
-        lstm, mem = cell.lstm, cell.memory
-        B, T, _ = x.shape
-        H, N, d = self.hidden_size, self.num_slots, self.slot_size
-        h, c, memory = cell.initial_state(B) if state0 is None else state0
-        h_init = h
-
-        # LSTM recurrence.  xw_t = x_t W_x + b for all T steps in one GEMM.
-        xw, lstm_lin = lstm.project_input(x)                       # (B, T, 4H)
-        hs = np.empty((B, T, H), dt)
-        lstm_steps = []
-        for t in range(T):
-            # h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
-            (h, c), step_cache = lstm.step(xw[:, t], h, c)
-            hs[:, t] = h
-            lstm_steps.append(step_cache)
-
-        # Memory recurrence.  x~_t = h_t W_in + b_in and its gate part for all T in one GEMM.
-        xp, gx, mem_proj = mem.project_inputs(hs)                  # (B, T, d), (B, T, 2G)
-        memories = np.empty((B, T, N, d), dt)
-        mem_steps = []
-        for t in range(T):
-            # M_t = RelationalMemory(h_t, M_{t-1})
-            memory, step_cache = mem.step(xp[:, t], None if gx is None else gx[:, t], memory)
-            memories[:, t] = memory
-            mem_steps.append(step_cache)
-
-        # Read-out, combination and output projection for every needed step at once.
-        sl = slice(None) if return_sequences else slice(T - 1, T)
-        # r_t = mean_N(M_t) W_r + b_r
-        r, read_cache = cell.readout.forward(memories[:, sl].mean(axis=2))
-        # out_t = tanh([h_t ; r_t] W_c + b_c)
-        pre, comb_cache = cell.combine.forward(np.concatenate([hs[:, sl], r], axis=-1))
-        out = np.tanh(pre)
-        # y_t = out_t W_out + b_out
-        y, out_cache = self.output.forward(out)
-        outputs = y if return_sequences else y[:, 0]
-
+        h, c, memory = self.cell.initial_state(x.shape[0]) if state0 is None else state0
+        cache = {"h0": h, "given_state": state0 is not None,
+                 "return_sequences": bool(return_sequences)}
+        h, c = self._lstm_forward(x, h, c, cache)
+        memory = self._memory_forward(cache["hs"], memory, cache)
+        outputs = self._readout_forward(cache, return_sequences)
         result = [outputs]
         if return_state:
             result += [h, c, memory]
         if return_cache:
-            result.append({
-                "lstm_lin": lstm_lin, "lstm_steps": lstm_steps, "h0": h_init, "hs": hs,
-                "memory": {"proj": mem_proj, "steps": mem_steps}, "memories": memories,
-                "read": read_cache, "combine": comb_cache, "out": out, "output": out_cache,
-                "given_state": state0 is not None,
-                "return_sequences": bool(return_sequences)})
+            result.append(cache)
         return result[0] if len(result) == 1 else tuple(result)
+
+    def _lstm_forward(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, cache: dict):
+        """The LSTM recurrence over x (B, T, I) from (h, c); fills ``cache``, returns h_T, c_T."""
+        lstm = self.cell.lstm
+        B, T, _ = x.shape
+        # xw_t = x_t W_x + b for all T steps in one GEMM.
+        xw, cache["lstm_lin"] = lstm.project_input(x)             # (B, T, 4H)
+        hs = cache["hs"] = np.empty((B, T, self.hidden_size), self.dtype)
+        steps = cache["lstm_steps"] = []
+        for t in range(T):
+            # h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
+            (h, c), step_cache = lstm.step(xw[:, t], h, c)
+            hs[:, t] = h
+            steps.append(step_cache)
+        return h, c
+
+    def _memory_forward(self, hs: np.ndarray, memory: np.ndarray, cache: dict) -> np.ndarray:
+        """The memory recurrence on hs (B, T, H) from memory; fills ``cache``, returns M_T."""
+        mem = self.cell.memory
+        B, T, _ = hs.shape
+        # x~_t = h_t W_in + b_in and its gate part for all T in one GEMM.
+        xp, gx, mem_proj = mem.project_inputs(hs)                  # (B, T, d), (B, T, 2G)
+        memories = cache["memories"] = np.empty((B, T, self.num_slots, self.slot_size),
+                                                self.dtype)
+        steps = []
+        for t in range(T):
+            # M_t = RelationalMemory(h_t, M_{t-1})
+            memory, step_cache = mem.step(xp[:, t], None if gx is None else gx[:, t], memory)
+            memories[:, t] = memory
+            steps.append(step_cache)
+        cache["memory"] = {"proj": mem_proj, "steps": steps}
+        return memory
+
+    def _readout_forward(self, cache: dict, return_sequences: bool) -> np.ndarray:
+        """Read-out, combination and output projection for every needed step at once."""
+        cell, hs = self.cell, cache["hs"]
+        T = hs.shape[1]
+        sl = slice(None) if return_sequences else slice(T - 1, T)
+        # r_t = mean_N(M_t) W_r + b_r
+        r, cache["read"] = cell.readout.forward(cache["memories"][:, sl].mean(axis=2))
+        # out_t = tanh([h_t ; r_t] W_c + b_c)
+        pre, cache["combine"] = cell.combine.forward(np.concatenate([hs[:, sl], r], axis=-1))
+        out = cache["out"] = np.tanh(pre)
+        # y_t = out_t W_out + b_out
+        y, cache["output"] = self.output.forward(out)
+        return y if return_sequences else y[:, 0]
 
     def backward(self, doutputs: np.ndarray | None, cache, dh_T: np.ndarray | None = None,
                  dc_T: np.ndarray | None = None, dmemory_T: np.ndarray | None = None):
@@ -343,8 +352,7 @@ class RelationalRNN(layers.Module):
         returned final state.  Accumulates every gradient; returns ``dx`` (B, T, I), or
         ``(dx, dh0, dc0, dmemory0)`` if an initial state was given to forward.
         """
-        cell, dt = self.cell, self.dtype
-        lstm, mem = cell.lstm, cell.memory
+        dt = self.dtype
         hs, memories = cache["hs"], cache["memories"]
         B, T, H = hs.shape
         N, d = memories.shape[2:]
@@ -360,22 +368,37 @@ class RelationalRNN(layers.Module):
         dhs = np.zeros((B, T, H), dt)          # gradient reaching each h_t from above
         dmemories = np.zeros((B, T, N, d), dt)  # gradient reaching each M_t from the read-out
         if doutputs is not None:
-            sl = slice(None) if seq else slice(T - 1, T)
-            dy = doutputs if seq else doutputs[:, None]
-            # y_t = out_t W_out + b_out (all steps: one GEMM for dW_out)
-            dout = self.output.backward(dy, cache["output"])
-            # out_t = tanh([h_t ; r_t] W_c + b_c)
-            dcat = cell.combine.backward(layers.tanh_backward(dout, cache["out"]),
-                                         cache["combine"])
-            dhs[:, sl] += dcat[..., :H]
-            # r_t = mean_N(M_t) W_r + b_r
-            dmean = cell.readout.backward(dcat[..., H:], cache["read"])
-            dmemories[:, sl] += dmean[:, :, None, :] * (1.0 / N)
+            self._readout_backward(doutputs, cache, dhs, dmemories)
         if dmemory_T is not None:
             # memory_T = M_T
             dmemories[:, -1] += dmemory_T
+        dmemory = self._memory_backward(dmemories, cache, dhs)
+        dx, dh, dc = self._lstm_backward(dhs, cache, dh_T, dc_T)
+        if cache["given_state"]:
+            return dx, dh, dc, dmemory
+        return dx
 
-        # Memory recurrence backwards: M_t = RelationalMemory(h_t, M_{t-1})
+    def _readout_backward(self, doutputs, cache, dhs: np.ndarray, dmemories: np.ndarray):
+        """Backward of :meth:`_readout_forward`: adds into dhs (B, T, H), dmemories."""
+        cell = self.cell
+        H, N = self.hidden_size, dmemories.shape[2]
+        seq = cache["return_sequences"]
+        sl = slice(None) if seq else slice(dhs.shape[1] - 1, dhs.shape[1])
+        dy = doutputs if seq else doutputs[:, None]
+        # y_t = out_t W_out + b_out (all steps: one GEMM for dW_out)
+        dout = self.output.backward(dy, cache["output"])
+        # out_t = tanh([h_t ; r_t] W_c + b_c)
+        dcat = cell.combine.backward(layers.tanh_backward(dout, cache["out"]), cache["combine"])
+        dhs[:, sl] += dcat[..., :H]
+        # r_t = mean_N(M_t) W_r + b_r
+        dmean = cell.readout.backward(dcat[..., H:], cache["read"])
+        dmemories[:, sl] += dmean[:, :, None, :] * (1.0 / N)
+
+    def _memory_backward(self, dmemories: np.ndarray, cache, dhs: np.ndarray) -> np.ndarray:
+        """The memory recurrence backwards: adds dL/dh_t into dhs; returns dL/dmemory_0."""
+        mem, dt = self.cell.memory, self.dtype
+        B, T, N, d = dmemories.shape
+        # M_t = RelationalMemory(h_t, M_{t-1})
         mem_steps = cache["memory"]["steps"]
         dxp = np.empty((B, T, d), dt)
         dgx = None if mem.gate_style is None else np.empty((B, T, 2 * mem.gate_size), dt)
@@ -387,11 +410,17 @@ class RelationalRNN(layers.Module):
                 dgx[:, t] = dgx_t
         # x~_t = h_t W_in + b_in and gx_t = x~_t W_gx + b_g, all steps: one GEMM each
         dhs += mem.project_inputs_backward(dxp, dgx, cache["memory"]["proj"])
+        return dmemory
 
-        # LSTM recurrence backwards: h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
-        dh = np.zeros((B, H), dt) if dh_T is None else dh_T.copy()
+    def _lstm_backward(self, dhs: np.ndarray, cache, dh_T, dc_T):
+        """The LSTM recurrence backwards from dhs (B, T, H): returns dx, dh_0, dc_0."""
+        lstm = self.cell.lstm
+        hs = cache["hs"]
+        B, T, H = hs.shape
+        # h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
+        dh = np.zeros((B, H), self.dtype) if dh_T is None else dh_T.copy()
         dc = dc_T
-        dZ = np.empty((B, T, 4 * H), dt)
+        dZ = np.empty((B, T, 4 * H), self.dtype)
         lstm_steps = cache["lstm_steps"]
         for t in range(T - 1, -1, -1):
             dh += dhs[:, t]
@@ -403,9 +432,7 @@ class RelationalRNN(layers.Module):
         lstm.grads["W_h"] += h_prev.reshape(B * T, H).T @ dZ.reshape(B * T, 4 * H)
         # xw_t = x_t W_x + b, all steps in one GEMM
         dx = lstm.project_input_backward(dZ, cache["lstm_lin"])
-        if cache["given_state"]:
-            return dx, dh, dc, dmemory
-        return dx
+        return dx, dh, dc
 
     @staticmethod
     def analysis(cache) -> dict:

@@ -113,6 +113,60 @@ def test_cache_nbytes_counts_each_buffer_once_and_skips_excluded_ones():
     assert bench.cache_nbytes(cache, frozenset({id(w)})) == a.nbytes
 
 
+# ---- benchmarks/profile_step.py: the profile of whole training steps ------------------------
+
+PROFILE_SCRIPT = ROOT / "benchmarks" / "profile_step.py"
+
+
+def _load_profile():
+    if "profile_step" not in sys.modules:          # dataclasses look the module up there
+        spec = importlib.util.spec_from_file_location("profile_step", PROFILE_SCRIPT)
+        module = sys.modules["profile_step"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["profile_step"]
+
+
+def test_profile_quick_run_prints_its_tables_and_the_parts_add_up(tmp_path):
+    path = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, str(PROFILE_SCRIPT), "--quick-run", "--top", "5",
+                           "--json", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("functions by own time, NumPy builtins folded into their caller") == 4
+    assert out.count("breakdown by part") == 5 and "matmul peak float32" in out
+    import json
+    cases = {c["case"]: c for c in json.loads(path.read_text())["cases"]}
+    profile = _load_profile()
+    assert list(cases) == list(profile.CASES)
+    for name, case in cases.items():
+        parts = case["parts_ms"]
+        assert list(parts) == list(profile.PARTS)
+        assert sum(parts.values()) == pytest.approx(case["profiled_ms"], rel=1e-6), name
+        assert all(ms >= 0 for ms in parts.values()) and len(case["top"]) == 5
+        assert parts["adam"] > 0 and parts["data"] > 0 and parts["loss"] > 0
+        assert parts["other"] < 0.5 * case["profiled_ms"], name
+    assert cases["rmc"]["parts_ms"]["attention"] > 0 and cases["rmc"]["parts_ms"]["lstm"] == 0
+    assert cases["lstm"]["parts_ms"]["lstm"] > 0 and cases["lstm"]["parts_ms"]["attention"] == 0
+    assert cases["rrnn"]["parts_ms"]["lstm"] > 0 and cases["rrnn"]["parts_ms"]["mlp"] > 0
+
+
+def test_profile_attributes_every_builtin_to_its_callers_and_loses_no_time():
+    profile = _load_profile()
+    case = profile.build_case("rmc", quick=True)
+    profile.train_step(case)
+    graph = profile.CallGraph(profile.profile_steps(case, 2, profile.clock_of("wall")), 2)
+    per_step = graph.total / 2
+    assert sum(graph.breakdown().values()) == pytest.approx(per_step, rel=1e-9)
+    folded = graph.folded()
+    assert sum(folded.values()) == pytest.approx(per_step, rel=1e-9)
+    # every key of the folded view is a function of the library, none a NumPy builtin
+    assert all(graph.is_library(f) for f in folded)
+    names = {graph.name(f) for f in folded}
+    assert {"layers:layernorm_forward", "attention:MultiHeadAttention.backward",
+            "optimizer:Adam.step"} <= names
+
+
 # ---- with PyTorch: the twins of the benchmark and the FLOP counts ---------------------------
 
 CFG = dict(bench.TINY, mem_slots=3, num_heads=2, head_size=5)

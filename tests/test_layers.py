@@ -153,3 +153,17 @@ def test_init_fan_in_is_a_truncated_normal_of_stddev_one_over_sqrt_fan_in():
     # stddev of a standard normal truncated at +-2: 0.8796
     assert abs(scaled.std() - 0.8796) < 0.01
     assert abs(scaled.mean()) < 0.01
+
+
+def test_workspace_reuses_an_array_only_once_nothing_else_holds_it():
+    ws = layers.Workspace()
+    a = ws.empty("x", (3, 4), np.float32)
+    view = a[1:]
+    del a
+    b = ws.empty("x", (3, 4), np.float32)
+    assert b.base is None and not np.shares_memory(b, view)    # a view of the first is alive
+    first = id(b)
+    del b
+    assert id(ws.empty("x", (3, 4), np.float32)) == first      # held by nothing else now
+    assert ws.empty("x", (2, 4), np.float32).shape == (2, 4)   # another shape: a new one
+    assert ws.empty("x", (2, 4), np.float64).dtype == np.float64

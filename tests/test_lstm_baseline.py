@@ -431,3 +431,27 @@ def test_classifier_bad_arguments(kwargs, err, match):
     args.update(kwargs)
     with pytest.raises(err, match=match):
         LSTMClassifier(**args)
+
+
+def test_two_live_caches_keep_their_own_buffers(rng):
+    """The sequence buffers are reused from step to step (a workspace), but never while a
+    cache of an earlier forward still holds them."""
+    model = LSTM(I, H, rng=rng)
+    x1, x2 = _rand(rng, B, T, I), _rand(rng, B, T, I)
+    d = _rand(rng, B, T, H)
+    out1, cache1 = model.forward(x1, return_cache=True)
+    out1 = out1.copy()
+    out2, cache2 = model.forward(x2, return_cache=True)          # cache1 still alive
+    model.zero_grad()
+    dx1 = model.backward(d, cache1)
+    grads1 = {n: g.copy() for n, g in model.gradients().items()}
+    fresh = LSTM(I, H, rng=np.random.default_rng(1))
+    fresh.load_state_dict(model.state_dict())
+    ref_out, ref_cache = fresh.forward(x1, return_cache=True)
+    np.testing.assert_array_equal(out1, ref_out)
+    np.testing.assert_array_equal(dx1, fresh.backward(d, ref_cache))
+    for name, g in fresh.gradients().items():
+        np.testing.assert_array_equal(grads1[name], g)
+    del cache1, cache2
+    _, cache3 = model.forward(x1, return_cache=True)
+    assert cache3["act"].base is not None                        # a view of a reused buffer

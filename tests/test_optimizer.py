@@ -532,6 +532,83 @@ def test_non_finite_gradient_raises_and_leaves_everything_untouched(bad):
         np.testing.assert_array_equal(g, grads_before[name])
 
 
+# --------------------------------------------------------------------------------------------
+# Packed parameters: one flat vector behind the model's tensors
+# --------------------------------------------------------------------------------------------
+
+
+def _unpacked_copy(model):
+    """A copy whose parameters and gradients are separate arrays (not views of a flat one)."""
+    import copy
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        m.params = {n: p.copy() for n, p in m.params.items()}
+        m.grads = {n: g.copy() for n, g in m.grads.items()}
+    assert twin.flat_buffers() is None
+    return twin
+
+
+def test_a_constructed_model_is_packed_in_named_order():
+    model = layers.MLP([3, 4, 2], rng=np.random.default_rng(0), dtype=np.float32)
+    flat = model.flat_buffers()
+    assert flat is not None and flat.params.dtype == np.float32
+    start = 0
+    for name, p, g in model.named_parameters():
+        assert p.base is flat.params and g.base is flat.grads
+        assert np.shares_memory(p, flat.params[start:start + p.size])
+        start += p.size
+    assert start == flat.params.size == model.num_parameters()
+    assert model.children["fc0"].flat_buffers() is None          # superseded by the parent's
+    for g in model.gradients().values():
+        g += 1.0
+    model.zero_grad()
+    assert not flat.grads.any()
+
+
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+def test_adam_and_the_average_on_a_packed_model_match_the_per_tensor_path(clip_norm):
+    rng = np.random.default_rng(1)
+    packed = layers.MLP([5, 7, 3], rng=rng, dtype=np.float32)
+    twin = _unpacked_copy(packed)
+    opts = [Adam(m, lr=1e-2, clip_norm=clip_norm, weight_decay=0.01) for m in (packed, twin)]
+    emas = [ExponentialMovingAverage(m, decay=0.9) for m in (packed, twin)]
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.standard_normal((6, 3)).astype(np.float32)
+    for _ in range(4):
+        for model, opt, ema in zip((packed, twin), opts, emas):
+            opt.zero_grad()
+            mse_backward(model, x, y)
+            opt.step()
+            ema.update()
+    for name, p in packed.parameters().items():
+        q = twin.parameters()[name]
+        if clip_norm is None:                       # the same operations, element by element
+            assert np.array_equal(p, q), name
+            assert np.array_equal(emas[0].average[name], emas[1].average[name]), name
+        else:                                       # the norm is summed in another order
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6, err_msg=name)
+    state = opts[0].state_dict()
+    opts[1].load_state_dict(state)
+    for name in state["m"]:
+        assert np.array_equal(opts[1].m[name], state["m"][name])
+
+
+def test_a_parameter_added_after_packing_is_still_cleared_and_stepped():
+    model = Pair()
+    model.children["a"].add_param("extra", np.ones(2))
+    assert model.flat_buffers() is None
+    for g in model.gradients().values():
+        g += 1.0
+    model.zero_grad()
+    assert all(not g.any() for g in model.gradients().values())
+    opt = Adam(model, lr=0.1)
+    model.backward_quadratic()
+    before = model.parameters()["a.extra"].copy()
+    model.children["a"].grads["extra"] += 1.0
+    opt.step()
+    assert not np.array_equal(model.parameters()["a.extra"], before)
+
+
 def test_changed_parameter_set_is_detected():
     model = Pair()
     opt = Adam(model)

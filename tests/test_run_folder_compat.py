@@ -4,6 +4,7 @@
 command); these tests work on copies of it.
 """
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,28 @@ def test_evaluate_prints_the_recorded_accuracy_of_every_model(run_v1, capsys):
         assert rows[(kind, "averaged")] == f"{last_eval(run_v1, kind)['heldout_acc']:.3f}"
 
 
+def _comparable(model, name: str, value: np.ndarray) -> np.ndarray:
+    """The entries of parameter ``name`` that two runs of different code can be compared on.
+
+    Left out: the key part of an attention block's LayerNorm bias (``...attn0.ln_b``).  Adding
+    one vector to every key adds a constant to each query's logits, which the softmax ignores,
+    so the gradient of those entries is zero up to rounding; Adam, which divides a gradient by
+    its own size, moves them by up to lr a step along that rounding noise.  Any change in the
+    order of the float operations of the backward pass (a faster one, say) changes their path,
+    and they have no effect on the model's output.
+    """
+    if not re.search(r"attn\d+\.ln_b$", name):
+        return value
+    attn = model
+    for part in name.split(".")[:-1]:
+        attn = attn.children[part]
+    keep = np.ones(value.shape, bool)
+    for h in range(attn.num_heads):
+        start = h * attn.qkv_size + attn.key_size
+        keep[start:start + attn.key_size] = False
+    return value[keep]
+
+
 def test_an_old_run_resumes_to_the_parameters_of_an_uninterrupted_new_run(run_v1, tmp_path):
     before = json.loads((run_v1 / "run_config.json").read_text())
     assert cli.main(["--resume", str(run_v1), "--steps", "60", "--no-progress",
@@ -81,8 +104,10 @@ def test_an_old_run_resumes_to_the_parameters_of_an_uninterrupted_new_run(run_v1
         resumed, _ = load_checkpoint(run_v1 / kind, averaged=False)
         whole, _ = load_checkpoint(fresh / kind, averaged=False)
         for name, p in whole.parameters().items():
-            # bit-identical on the machine that wrote run_v1; float rounding on another CPU
-            np.testing.assert_allclose(resumed.parameters()[name], p, rtol=1e-3, atol=1e-5,
+            # bit-identical with the code and machine that wrote run_v1; float rounding with
+            # other code or on another CPU
+            np.testing.assert_allclose(_comparable(resumed, name, resumed.parameters()[name]),
+                                       _comparable(whole, name, p), rtol=1e-3, atol=1e-5,
                                        err_msg=f"{kind} {name}")
         events = [e["event"] for e in read_metrics(run_v1 / kind / "metrics.jsonl")]
         assert events.count("resume") == 1 and last_eval(run_v1, kind)["step"] == 60
