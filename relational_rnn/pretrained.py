@@ -18,7 +18,10 @@ from relational_rnn.run_folder import CHECKPOINT_NAME, model_path
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 # name -> (run folder under PRETRAINED_DIR, model kind)
-PRETRAINED: dict[str, tuple[str, str]] = {}
+PRETRAINED: dict[str, tuple[str, str]] = {
+    "rmc-4x4": ("4x4", "rmc"), "lstm-4x4": ("4x4", "lstm"), "rrnn-4x4": ("4x4", "rrnn"),
+    "rmc-8x16": ("8x16", "rmc"),
+}
 
 
 def pretrained_path(name: str) -> str:
