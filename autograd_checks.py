@@ -348,9 +348,15 @@ def check_relational_rnn_cell():
     from relational_rnn_cell import RelationalRNNCell
     rng = np.random.default_rng(10)
     results = []
-    for gate, blocks in (("unit", 1), ("memory", 2)):
+    # The last two configurations prove the options: the memory reading [x ; h], and the
+    # read-out of all slots side by side.
+    for gate, blocks, reads, readout in (("unit", 1, "hidden", "mean"),
+                                         ("memory", 2, "hidden", "mean"),
+                                         ("unit", 1, "input_and_hidden", "mean"),
+                                         ("memory", 1, "hidden", "slots")):
         cell = RelationalRNNCell(2, 3, num_slots=2, slot_size=4, num_heads=2,
-                                 num_blocks=blocks, gate_style=gate, rng=rng)
+                                 num_blocks=blocks, gate_style=gate, memory_input=reads,
+                                 memory_readout=readout, rng=rng)
         _randomise(cell, rng)
         inputs = {"x": rng.standard_normal((2, 2)), "h": rng.standard_normal((2, 3)),
                   "c": rng.standard_normal((2, 3)), "memory": rng.standard_normal((2, 2, 4))}
@@ -363,8 +369,8 @@ def check_relational_rnn_cell():
             dx, dstate = cell.backward(d[0], d[1:], cache)
             return dict(zip(("x", "h", "c", "memory"), (dx, *dstate)))
 
-        results += check_gradients(f"RelationalRNNCell gate={gate} blocks={blocks}", fwd, bwd,
-                                   inputs, cell, threshold=LAYER_TOL)
+        results += check_gradients(f"RelationalRNNCell gate={gate} blocks={blocks} {reads} "
+                                   f"{readout}", fwd, bwd, inputs, cell, threshold=LAYER_TOL)
     return results
 
 
@@ -373,10 +379,14 @@ def check_relational_rnn():
     from relational_rnn_cell import RelationalRNN
     rng = np.random.default_rng(11)
     results = []
-    # key_size 1 differs from head_size 2 in the second configuration.
-    for gate, blocks, key_size in (("unit", 1, None), (None, 2, 1)):
+    # key_size 1 differs from head_size 2 in the second configuration; the third has both
+    # options: the memory reads [x_t ; h_t] and r_t reads all slots.
+    for gate, blocks, key_size, options in (
+            ("unit", 1, None, {}), (None, 2, 1, {}),
+            ("unit", 1, None, dict(memory_input="input_and_hidden", memory_readout="slots"))):
         model = RelationalRNN(2, 3, 2, num_slots=2, slot_size=4, num_heads=2,
-                              num_blocks=blocks, key_size=key_size, gate_style=gate, rng=rng)
+                              num_blocks=blocks, key_size=key_size, gate_style=gate, rng=rng,
+                              **options)
         _randomise(model, rng)
         inputs = {"x": rng.standard_normal((2, 5, 2)), "h0": rng.standard_normal((2, 3)),
                   "c0": rng.standard_normal((2, 3)), "memory0": rng.standard_normal((2, 2, 4))}
@@ -389,8 +399,10 @@ def check_relational_rnn():
         def bwd(d, cache, model=model):
             return dict(zip(("x", "h0", "c0", "memory0"), model.backward(d[0], cache, *d[1:])))
 
-        results += check_gradients(f"RelationalRNN T=5 gate={gate} blocks={blocks}", fwd, bwd,
-                                   inputs, model, threshold=SEQUENCE_TOL)
+        results += check_gradients(
+            f"RelationalRNN T=5 gate={gate} blocks={blocks}"
+            + "".join(f" {v}" for v in options.values()),
+            fwd, bwd, inputs, model, threshold=SEQUENCE_TOL)
     return results
 
 
@@ -399,12 +411,16 @@ def check_relational_rnn_classifier():
     # Also covers RelationalRNN with return_sequences=False and the default initial state.
     from relational_rnn_cell import RelationalRNNClassifier
     rng = np.random.default_rng(12)
-    model = RelationalRNNClassifier(2, 3, hidden_size=3, num_slots=2, slot_size=4, num_heads=2,
-                                    mlp_hidden=(4,), rng=rng)
-    _randomise(model, rng)
-    model.readout.layers[0].params["b"] += 1.0   # keep the ReLUs active: no all-zero gradients
-    return module_case("RelationalRNNClassifier T=5", model,
-                       {"x": rng.standard_normal((2, 5, 2))}, threshold=SEQUENCE_TOL)
+    results = []
+    for reads, readout in (("hidden", "mean"), ("input_and_hidden", "slots")):
+        model = RelationalRNNClassifier(2, 3, hidden_size=3, num_slots=2, slot_size=4,
+                                        num_heads=2, memory_input=reads, memory_readout=readout,
+                                        mlp_hidden=(4,), rng=rng)
+        _randomise(model, rng)
+        model.readout.layers[0].params["b"] += 1.0   # keep the ReLUs active: no zero gradients
+        results += module_case(f"RelationalRNNClassifier T=5 {reads} {readout}", model,
+                               {"x": rng.standard_normal((2, 5, 2))}, threshold=SEQUENCE_TOL)
+    return results
 
 
 # --------------------------------------------------------------------------------------------

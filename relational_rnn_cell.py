@@ -8,6 +8,15 @@ Data flow of one step, input x_t (B, I), state (h_{t-1}, c_{t-1}, M_{t-1}):
     r_t      = mean over the N slots of M_t, then Linear(d -> H)        (B, H)
     out_t    = tanh([h_t ; r_t] W_combine + b_combine)                  (B, H)
 
+Two options change what the memory sees and how it is read, both off by default (the data flow
+above, the one of REFERENCE.md):
+
+    memory_input="input_and_hidden":  M_t = RelationalMemory([x_t ; h_t], M_{t-1})  (I+H wide)
+    memory_readout="slots":           r_t = [M_t[0] ; ... ; M_t[N-1]] Linear(N*d -> H)
+
+Why: the LSTM squeezes each object into h_t before the memory sees it, and the mean over slots
+forgets which slot holds what; the RMC alone reads its input directly and all its slots.
+
 :class:`RelationalRNN` adds an output projection ``y_t = out_t W_out + b_out`` (B, output_size).
 
 Speed: the LSTM never reads the memory, so the sequence model runs the whole LSTM recurrence
@@ -33,7 +42,12 @@ from lstm_baseline import LSTMCell
 from relational_memory import RelationalMemory, RMCClassifier
 
 __all__ = ["RelationalRNNCell", "RelationalRNN", "RelationalRNNClassifier",
-           "RelationalMemory", "RMCClassifier"]
+           "RelationalMemory", "RMCClassifier", "MEMORY_INPUTS", "MEMORY_READOUTS"]
+
+# What the memory reads each step: the LSTM's h_t (the default), or the step's input beside it.
+MEMORY_INPUTS = ("hidden", "input_and_hidden")
+# How the memory is read: the mean of its N slots (the default), or all N slots side by side.
+MEMORY_READOUTS = ("mean", "slots")
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +73,12 @@ def _memory_kwargs(num_slots, slot_size, num_heads, num_blocks, key_size,
                 forget_bias=forget_bias, input_bias=input_bias)
 
 
+def _check_choice(name: str, value, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------
 # One step
 # --------------------------------------------------------------------------------------------
@@ -74,9 +94,14 @@ class RelationalRNNCell(layers.Module):
         num_heads, num_blocks, key_size, attention_mlp_layers, gate_style, forget_bias,
             input_bias: passed to :class:`RelationalMemory` (forget_bias/input_bias are the
             memory gates' constants; the LSTM's forget-gate bias starts at 1 on its own).
+        memory_input: ``"hidden"`` (default): the memory reads h_t; ``"input_and_hidden"``: it
+            reads [x_t ; h_t].
+        memory_readout: ``"mean"`` (default): r_t reads the mean of the N slots; ``"slots"``:
+            it reads all N slots side by side (N*d wide).
 
     Children: ``lstm`` (:class:`LSTMCell` I -> H), ``memory`` (:class:`RelationalMemory` with
-    input_size H), ``readout`` (Linear d -> H), ``combine`` (Linear 2H -> H).
+    input_size H, or I+H), ``readout`` (Linear d -> H, or N*d -> H), ``combine`` (Linear 2H ->
+    H).
 
     ``forward(x, state) -> out, new_state, cache`` and
     ``backward(dout, dstate, cache) -> dx, dstate_prev`` with state ``(h, c, memory)``.
@@ -86,21 +111,27 @@ class RelationalRNNCell(layers.Module):
                  slot_size: int = 64, num_heads: int = 2, num_blocks: int = 1,
                  key_size: int | None = None, attention_mlp_layers: int = 2,
                  gate_style: str | None = "unit", forget_bias: float = 1.0,
-                 input_bias: float = 0.0, rng: np.random.Generator | None = None,
+                 input_bias: float = 0.0, memory_input: str = "hidden",
+                 memory_readout: str = "mean", rng: np.random.Generator | None = None,
                  dtype=np.float64):
         super().__init__(dtype)
-        self.input_size = layers.check_positive_int("input_size", input_size)
+        self.input_size = I = layers.check_positive_int("input_size", input_size)
         self.hidden_size = H = layers.check_positive_int("hidden_size", hidden_size)
         mem_kwargs = _memory_kwargs(num_slots, slot_size, num_heads, num_blocks, key_size,
                                     attention_mlp_layers, gate_style, forget_bias, input_bias)
+        self.memory_input = _check_choice("memory_input", memory_input, MEMORY_INPUTS)
+        self.memory_readout = _check_choice("memory_readout", memory_readout, MEMORY_READOUTS)
         rng = np.random.default_rng() if rng is None else rng
-        self.lstm = self.add_child("lstm", LSTMCell(input_size, H, rng=rng, dtype=dtype))
-        self.memory = self.add_child("memory", RelationalMemory(H, **mem_kwargs, rng=rng,
-                                                                dtype=dtype))
-        self.num_slots = self.memory.mem_slots
+        self.lstm = self.add_child("lstm", LSTMCell(I, H, rng=rng, dtype=dtype))
+        memory_width = H if memory_input == "hidden" else I + H
+        self.memory = self.add_child("memory", RelationalMemory(memory_width, **mem_kwargs,
+                                                                rng=rng, dtype=dtype))
+        self.num_slots = N = self.memory.mem_slots
         self.slot_size = d = self.memory.mem_size
         self.num_heads = self.memory.num_heads
-        self.readout = self.add_child("readout", layers.Linear(d, H, rng=rng, dtype=dtype))
+        read_width = d if memory_readout == "mean" else N * d
+        self.readout = self.add_child("readout", layers.Linear(read_width, H, rng=rng,
+                                                               dtype=dtype))
         self.combine = self.add_child("combine", layers.Linear(2 * H, H, rng=rng, dtype=dtype))
 
     @property
@@ -112,7 +143,36 @@ class RelationalRNNCell(layers.Module):
                     num_heads=self.num_heads, num_blocks=mem["num_blocks"],
                     key_size=mem["key_size"], attention_mlp_layers=mem["attention_mlp_layers"],
                     gate_style=mem["gate_style"], forget_bias=mem["forget_bias"],
-                    input_bias=mem["input_bias"])
+                    input_bias=mem["input_bias"], memory_input=self.memory_input,
+                    memory_readout=self.memory_readout)
+
+    # The two optional paths, for any leading dims: one step (B, ...) or a sequence (B, T, ...).
+
+    def memory_inputs(self, x: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """What the memory reads: h (..., H), or [x ; h] (..., I+H)."""
+        return h if self.memory_input == "hidden" else np.concatenate([x, h], axis=-1)
+
+    def memory_inputs_backward(self, dmem_in: np.ndarray):
+        """Backward of :meth:`memory_inputs`: dmem_in -> (dx or None, dh)."""
+        if self.memory_input == "hidden":
+            return None, dmem_in
+        # mem_in = [x ; h]
+        return dmem_in[..., :self.input_size], dmem_in[..., self.input_size:]
+
+    def read_memory(self, memory: np.ndarray) -> np.ndarray:
+        """What r reads of memory (..., N, d): its mean over slots (..., d) or its slots side by
+        side (..., N*d)."""
+        if self.memory_readout == "mean":
+            return memory.mean(axis=-2)
+        return memory.reshape(*memory.shape[:-2], self.num_slots * self.slot_size)
+
+    def read_memory_backward(self, dread: np.ndarray) -> np.ndarray:
+        """Backward of :meth:`read_memory`: dread -> dmemory (..., N, d)."""
+        N, d = self.num_slots, self.slot_size
+        if self.memory_readout == "mean":
+            # read = mean_N(memory): every slot gets 1/N of the gradient
+            return np.broadcast_to(dread[..., None, :] * (1.0 / N), (*dread.shape[:-1], N, d))
+        return dread.reshape(*dread.shape[:-1], N, d)
 
     def initial_state(self, batch_size: int):
         """Zero h and c (B, H) and the memory's identity initial state (B, N, d)."""
@@ -145,11 +205,11 @@ class RelationalRNNCell(layers.Module):
         # h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
         xw, lstm_lin = self.lstm.project_input(x)
         (h, c), lstm_step = self.lstm.step(xw, h_prev, c_prev)
-        # M_t = RelationalMemory(h_t, M_{t-1})
-        xp, gx, mem_proj = self.memory.project_inputs(h)
+        # M_t = RelationalMemory(h_t or [x_t ; h_t], M_{t-1})
+        xp, gx, mem_proj = self.memory.project_inputs(self.memory_inputs(x, h))
         memory, mem_step = self.memory.step(xp, gx, memory_prev)
-        # r_t = mean_N(M_t) W_r + b_r
-        r, read_cache = self.readout.forward(memory.mean(axis=1))
+        # r_t = read(M_t) W_r + b_r, read = mean over slots or the slots side by side
+        r, read_cache = self.readout.forward(self.read_memory(memory))
         # out_t = tanh([h_t ; r_t] W_c + b_c)
         pre, comb_cache = self.combine.forward(np.concatenate([h, r], axis=-1))
         out = np.tanh(pre)
@@ -180,17 +240,21 @@ class RelationalRNNCell(layers.Module):
             dcat = self.combine.backward(layers.tanh_backward(dout, cache["out"]),
                                          cache["combine"])
             dh += dcat[:, :H]
-            # r_t = mean_N(M_t) W_r + b_r
-            dmean = self.readout.backward(dcat[:, H:], cache["read"])
-            dmemory += dmean[:, None, :] * (1.0 / N)
-        # M_t = RelationalMemory(h_t, M_{t-1})
+            # r_t = read(M_t) W_r + b_r
+            dmemory += self.read_memory_backward(self.readout.backward(dcat[:, H:],
+                                                                       cache["read"]))
+        # M_t = RelationalMemory(h_t or [x_t ; h_t], M_{t-1})
         mem_proj, mem_step = cache["memory"]
         dxp, dgx, dmemory_prev = self.memory.step_backward(dmemory, mem_step)
-        dh += self.memory.project_inputs_backward(dxp, dgx, mem_proj)
+        dx_mem, dh_mem = self.memory_inputs_backward(
+            self.memory.project_inputs_backward(dxp, dgx, mem_proj))
+        dh += dh_mem
         # h_t, c_t = LSTMCell(x_t, h_{t-1}, c_{t-1})
         lstm_lin, lstm_step = cache["lstm"]
         dxw, dh_prev, dc_prev = self.lstm.step_backward(dh, dc, lstm_step)
         dx = self.lstm.project_input_backward(dxw, lstm_lin)
+        if dx_mem is not None:
+            dx += dx_mem
         return dx, (dh_prev, dc_prev, dmemory_prev)
 
 
@@ -221,6 +285,7 @@ class RelationalRNN(layers.Module):
                  num_blocks: int = 1, key_size: int | None = None,
                  attention_mlp_layers: int = 2, gate_style: str | None = "unit",
                  forget_bias: float = 1.0, input_bias: float = 0.0,
+                 memory_input: str = "hidden", memory_readout: str = "mean",
                  rng: np.random.Generator | None = None, dtype=np.float64):
         super().__init__(dtype)
         layers.check_positive_int("input_size", input_size)
@@ -231,7 +296,8 @@ class RelationalRNN(layers.Module):
             input_size, hidden_size, num_slots=num_slots, slot_size=slot_size,
             num_heads=num_heads, num_blocks=num_blocks, key_size=key_size,
             attention_mlp_layers=attention_mlp_layers, gate_style=gate_style,
-            forget_bias=forget_bias, input_bias=input_bias, rng=rng, dtype=dtype))
+            forget_bias=forget_bias, input_bias=input_bias, memory_input=memory_input,
+            memory_readout=memory_readout, rng=rng, dtype=dtype))
         self.output = self.add_child("output", layers.Linear(hidden_size, output_size, rng=rng,
                                                              dtype=dtype))
         self.input_size = self.cell.input_size
@@ -288,7 +354,7 @@ class RelationalRNN(layers.Module):
         cache = {"h0": h, "given_state": state0 is not None,
                  "return_sequences": bool(return_sequences)}
         h, c = self._lstm_forward(x, h, c, cache)
-        memory = self._memory_forward(cache["hs"], memory, cache)
+        memory = self._memory_forward(self.cell.memory_inputs(x, cache["hs"]), memory, cache)
         outputs = self._readout_forward(cache, return_sequences)
         result = [outputs]
         if return_state:
@@ -312,17 +378,18 @@ class RelationalRNN(layers.Module):
             steps.append(step_cache)
         return h, c
 
-    def _memory_forward(self, hs: np.ndarray, memory: np.ndarray, cache: dict) -> np.ndarray:
-        """The memory recurrence on hs (B, T, H) from memory; fills ``cache``, returns M_T."""
+    def _memory_forward(self, mem_in: np.ndarray, memory: np.ndarray, cache: dict) -> np.ndarray:
+        """The memory recurrence on what it reads, mem_in (B, T, H or I+H), from memory; fills
+        ``cache``, returns M_T."""
         mem = self.cell.memory
-        B, T, _ = hs.shape
-        # x~_t = h_t W_in + b_in and its gate part for all T in one GEMM.
-        xp, gx, mem_proj = mem.project_inputs(hs)                  # (B, T, d), (B, T, 2G)
+        B, T, _ = mem_in.shape
+        # x~_t = mem_in_t W_in + b_in and its gate part for all T in one GEMM.
+        xp, gx, mem_proj = mem.project_inputs(mem_in)              # (B, T, d), (B, T, 2G)
         memories = cache["memories"] = np.empty((B, T, self.num_slots, self.slot_size),
                                                 self.dtype)
         steps = []
         for t in range(T):
-            # M_t = RelationalMemory(h_t, M_{t-1})
+            # M_t = RelationalMemory(h_t or [x_t ; h_t], M_{t-1})
             memory, step_cache = mem.step(xp[:, t], None if gx is None else gx[:, t], memory)
             memories[:, t] = memory
             steps.append(step_cache)
@@ -334,8 +401,8 @@ class RelationalRNN(layers.Module):
         cell, hs = self.cell, cache["hs"]
         T = hs.shape[1]
         sl = slice(None) if return_sequences else slice(T - 1, T)
-        # r_t = mean_N(M_t) W_r + b_r
-        r, cache["read"] = cell.readout.forward(cache["memories"][:, sl].mean(axis=2))
+        # r_t = read(M_t) W_r + b_r, read = mean over slots or the slots side by side
+        r, cache["read"] = cell.readout.forward(cell.read_memory(cache["memories"][:, sl]))
         # out_t = tanh([h_t ; r_t] W_c + b_c)
         pre, cache["combine"] = cell.combine.forward(np.concatenate([hs[:, sl], r], axis=-1))
         out = cache["out"] = np.tanh(pre)
@@ -372,8 +439,10 @@ class RelationalRNN(layers.Module):
         if dmemory_T is not None:
             # memory_T = M_T
             dmemories[:, -1] += dmemory_T
-        dmemory = self._memory_backward(dmemories, cache, dhs)
+        dx_mem, dmemory = self._memory_backward(dmemories, cache, dhs)
         dx, dh, dc = self._lstm_backward(dhs, cache, dh_T, dc_T)
+        if dx_mem is not None:
+            dx += dx_mem
         if cache["given_state"]:
             return dx, dh, dc, dmemory
         return dx
@@ -381,7 +450,7 @@ class RelationalRNN(layers.Module):
     def _readout_backward(self, doutputs, cache, dhs: np.ndarray, dmemories: np.ndarray):
         """Backward of :meth:`_readout_forward`: adds into dhs (B, T, H), dmemories."""
         cell = self.cell
-        H, N = self.hidden_size, dmemories.shape[2]
+        H = self.hidden_size
         seq = cache["return_sequences"]
         sl = slice(None) if seq else slice(dhs.shape[1] - 1, dhs.shape[1])
         dy = doutputs if seq else doutputs[:, None]
@@ -390,15 +459,17 @@ class RelationalRNN(layers.Module):
         # out_t = tanh([h_t ; r_t] W_c + b_c)
         dcat = cell.combine.backward(layers.tanh_backward(dout, cache["out"]), cache["combine"])
         dhs[:, sl] += dcat[..., :H]
-        # r_t = mean_N(M_t) W_r + b_r
-        dmean = cell.readout.backward(dcat[..., H:], cache["read"])
-        dmemories[:, sl] += dmean[:, :, None, :] * (1.0 / N)
+        # r_t = read(M_t) W_r + b_r
+        dmemories[:, sl] += cell.read_memory_backward(cell.readout.backward(dcat[..., H:],
+                                                                            cache["read"]))
 
-    def _memory_backward(self, dmemories: np.ndarray, cache, dhs: np.ndarray) -> np.ndarray:
-        """The memory recurrence backwards: adds dL/dh_t into dhs; returns dL/dmemory_0."""
+    def _memory_backward(self, dmemories: np.ndarray, cache, dhs: np.ndarray):
+        """The memory recurrence backwards: adds dL/dh_t into dhs; returns the gradient of the
+        inputs the memory read directly (B, T, I), None if it read h_t only, and
+        dL/dmemory_0."""
         mem, dt = self.cell.memory, self.dtype
         B, T, N, d = dmemories.shape
-        # M_t = RelationalMemory(h_t, M_{t-1})
+        # M_t = RelationalMemory(h_t or [x_t ; h_t], M_{t-1})
         mem_steps = cache["memory"]["steps"]
         dxp = np.empty((B, T, d), dt)
         dgx = None if mem.gate_style is None else np.empty((B, T, 2 * mem.gate_size), dt)
@@ -408,9 +479,11 @@ class RelationalRNN(layers.Module):
             dxp[:, t], dgx_t, dmemory = mem.step_backward(dmemory, mem_steps[t])
             if dgx is not None:
                 dgx[:, t] = dgx_t
-        # x~_t = h_t W_in + b_in and gx_t = x~_t W_gx + b_g, all steps: one GEMM each
-        dhs += mem.project_inputs_backward(dxp, dgx, cache["memory"]["proj"])
-        return dmemory
+        # x~_t = mem_in_t W_in + b_in and gx_t = x~_t W_gx + b_g, all steps: one GEMM each
+        dx_mem, dh_mem = self.cell.memory_inputs_backward(
+            mem.project_inputs_backward(dxp, dgx, cache["memory"]["proj"]))
+        dhs += dh_mem
+        return dx_mem, dmemory
 
     def _lstm_backward(self, dhs: np.ndarray, cache, dh_T, dc_T):
         """The LSTM recurrence backwards from dhs (B, T, H): returns dx, dh_0, dc_0."""
@@ -474,6 +547,7 @@ class RelationalRNNClassifier(layers.Module):
                  num_blocks: int = 1, key_size: int | None = None,
                  attention_mlp_layers: int = 2, gate_style: str | None = "unit",
                  forget_bias: float = 1.0, input_bias: float = 0.0,
+                 memory_input: str = "hidden", memory_readout: str = "mean",
                  mlp_hidden=(256, 256, 256, 256), rng: np.random.Generator | None = None,
                  dtype=np.float64):
         super().__init__(dtype)
@@ -489,7 +563,8 @@ class RelationalRNNClassifier(layers.Module):
             input_size, hidden_size, hidden_size, num_slots=num_slots, slot_size=slot_size,
             num_heads=num_heads, num_blocks=num_blocks, key_size=key_size,
             attention_mlp_layers=attention_mlp_layers, gate_style=gate_style,
-            forget_bias=forget_bias, input_bias=input_bias, rng=rng, dtype=dtype))
+            forget_bias=forget_bias, input_bias=input_bias, memory_input=memory_input,
+            memory_readout=memory_readout, rng=rng, dtype=dtype))
         self.readout = self.add_child("readout", layers.MLP(
             [hidden_size, *self.mlp_hidden, self.num_classes], rng=rng, dtype=dtype))
         self.input_size = self.rnn.input_size

@@ -11,6 +11,7 @@ from relational_rnn.config import DTYPES, LR_SCHEDULES
 from relational_rnn.curriculum import GATE_WINDOW
 from relational_rnn.presets import PRESETS
 from relational_rnn.registry import MODEL_KINDS, SIZE_FIELDS_BY_KIND
+from relational_rnn_cell import MEMORY_INPUTS, MEMORY_READOUTS
 
 
 def _opt(flag: str, **kwargs) -> tuple[str, dict]:
@@ -18,8 +19,8 @@ def _opt(flag: str, **kwargs) -> tuple[str, dict]:
     return flag, kwargs
 
 
-def _preset_values(key: str, kind: str | None = None) -> str:
-    """'quick X, curriculum Y, sonnet Z, paper W' for --help."""
+def _preset_values(key: str, kind: str | None = None, none: str = "none") -> str:
+    """'quick X, curriculum Y, sonnet Z, paper W' for --help (``none`` shown for None)."""
     parts = []
     for name, preset in PRESETS.items():
         if kind is None:
@@ -29,15 +30,15 @@ def _preset_values(key: str, kind: str | None = None) -> str:
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
         elif value is None:
-            value = "none"
+            value = none
         parts.append(f"{name} {value}")
     return "; ".join(parts)
 
 
-def _size_help(key: str) -> str:
+def _size_help(key: str, none: str = "none") -> str:
     kinds = [k for k in MODEL_KINDS if key in SIZE_FIELDS_BY_KIND[k]]
     return f"[{'/'.join(kinds)}] presets: " + " | ".join(
-        f"{k}: {_preset_values(key, k)}" for k in kinds)
+        f"{k}: {_preset_values(key, k, none)}" for k in kinds)
 
 
 def int_at_least(low: int):
@@ -367,6 +368,14 @@ def _size_options() -> list:
         _opt("--mlp-hidden", type=_mlp_hidden, metavar="W1,W2,...",
              help="read-out MLP hidden widths (ReLU), then a linear layer to the "
                   "logits; 'none' = linear read-out; " + _size_help("mlp_hidden")),
+        _opt("--memory-input", choices=MEMORY_INPUTS,
+             help="what the RelationalRNN's memory reads each step: hidden = the LSTM's "
+                  "h_t (the model's default), input_and_hidden = the step's input beside "
+                  "h_t; " + _size_help("memory_input", none="hidden")),
+        _opt("--memory-readout", choices=MEMORY_READOUTS,
+             help="how the RelationalRNN reads its memory: mean = the mean of its slots "
+                  "(the model's default), slots = all slots side by side; "
+                  + _size_help("memory_readout", none="mean")),
     ]
 
 

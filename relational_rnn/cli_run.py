@@ -199,7 +199,9 @@ def _load_run_checkpoint(run_dir: str, kind: str, cfg: RunConfig, option: str,
     t = cfg.train
     expected = build_model(kind, cfg.sizes(kind), t.num_objects, t.num_features,
                            dtype=t.dtype).config
-    if json_safe(expected) != info["model_config"] or info["dtype"] != t.dtype:
+    # The loaded model's config, not the stored one: a checkpoint written before an option
+    # existed lacks its key, and the model takes the option's default.
+    if json_safe(expected) != json_safe(model.config) or info["dtype"] != t.dtype:
         raise UsageError(f"{option} {run_dir}: {ckpt} holds a model of another shape or "
                          "dtype than the run config")
     if info["step"] > t.steps:

@@ -35,6 +35,8 @@ class ModelSizes:
 
     A kind uses some of them (:attr:`relational_rnn.registry.ModelKind.size_fields`); the others
     stay None.  ``key_size`` None means the head size, ``gate_style`` None no gates.
+    ``memory_input`` and ``memory_readout`` are the RelationalRNN's options (None: its defaults,
+    ``"hidden"`` and ``"mean"``).
     """
 
     mem_slots: int | None = None
@@ -46,11 +48,16 @@ class ModelSizes:
     gate_style: str | None = None
     hidden_size: int | None = None
     mlp_hidden: tuple[int, ...] = ()
+    memory_input: str | None = None
+    memory_readout: str | None = None
 
     def to_json(self, names: Sequence[str]) -> dict:
-        """The sizes ``names`` (one kind's) as the JSON object of ``run_config.json``."""
+        """The sizes ``names`` (one kind's) as the JSON object of ``run_config.json``; the
+        options added later (:data:`LATER_SIZE_FIELDS`) only when set, so that the run folders
+        written before them still describe the same models."""
         return {n: list(v) if n == "mlp_hidden" else v
-                for n in names for v in [getattr(self, n)]}
+                for n in names for v in [getattr(self, n)]
+                if not (v is None and n in LATER_SIZE_FIELDS)}
 
     @classmethod
     def from_json(cls, value: Mapping) -> "ModelSizes":
@@ -64,6 +71,7 @@ class ModelSizes:
 
 
 SIZE_FIELDS = tuple(f.name for f in fields(ModelSizes))
+LATER_SIZE_FIELDS = ("memory_input", "memory_readout")
 
 
 @dataclass(frozen=True)

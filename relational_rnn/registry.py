@@ -34,10 +34,15 @@ def _lstm_kwargs(s: ModelSizes) -> dict:
     return dict(hidden_size=s.hidden_size)
 
 
+RRNN_OPTIONS = ("memory_input", "memory_readout")
+
+
 def _rrnn_kwargs(s: ModelSizes) -> dict:
-    # The RelationalRNN names its memory num_slots x slot_size, slot_size = heads x head size.
+    # The RelationalRNN names its memory num_slots x slot_size, slot_size = heads x head size;
+    # its options left None take the model's defaults.
+    options = {k: getattr(s, k) for k in RRNN_OPTIONS if getattr(s, k) is not None}
     return dict(hidden_size=s.hidden_size, num_slots=s.mem_slots,
-                slot_size=s.num_heads * s.head_size, **_memory_kwargs(s))
+                slot_size=s.num_heads * s.head_size, **_memory_kwargs(s), **options)
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,8 @@ KINDS: dict[str, ModelKind] = {k.name: k for k in (
     ModelKind("lstm", "LSTM", "LSTM baseline", "tab:blue", LSTMClassifier,
               ("hidden_size", "mlp_hidden"), _lstm_kwargs),
     ModelKind("rrnn", "RelationalRNN", "RelationalRNN (LSTM + relational memory)", "tab:green",
-              RelationalRNNClassifier, ("hidden_size",) + MEMORY_SIZES + ("mlp_hidden",),
-              _rrnn_kwargs),
+              RelationalRNNClassifier,
+              ("hidden_size",) + MEMORY_SIZES + ("mlp_hidden",) + RRNN_OPTIONS, _rrnn_kwargs),
 )}
 MODEL_KINDS = tuple(KINDS)
 SIZE_FIELDS_BY_KIND = {k.name: k.size_fields for k in KINDS.values()}

@@ -191,6 +191,35 @@ def test_resume_with_more_steps_continues_and_finished_models_are_skipped(tmp_pa
     assert [e["step"] for e in resumes] == [10]
 
 
+def test_relational_rnn_options_reach_the_model_and_resume(tmp_path):
+    out = tmp_path / "o"
+    assert run_cli(["--model", "rrnn", "--steps", 10, "--out", out, *TINY,
+                    "--memory-input", "input_and_hidden", "--memory-readout", "slots"]) == 0
+    sizes = read_json(out / "run_config.json")["model_sizes"]["rrnn"]
+    assert (sizes["memory_input"], sizes["memory_readout"]) == ("input_and_hidden", "slots")
+    model, _ = load_checkpoint(out / "rrnn")
+    assert (model.rnn.cell.memory_input, model.rnn.cell.memory_readout) == \
+        ("input_and_hidden", "slots")
+    assert model.rnn.cell.readout.params["W"].shape == (2 * 8, 8)   # N * d -> H
+    assert run_cli(["--resume", out, "--steps", 15, *QUIET]) == 0
+    assert load_checkpoint(out / "rrnn")[1]["step"] == 15
+    # without them the run config keeps the shape it had before they existed
+    plain = tmp_path / "p"
+    assert run_cli(["--model", "rrnn", "--steps", 5, "--out", plain, *TINY]) == 0
+    sizes = read_json(plain / "run_config.json")["model_sizes"]["rrnn"]
+    assert "memory_input" not in sizes and "memory_readout" not in sizes
+    model, _ = load_checkpoint(plain / "rrnn")
+    assert (model.rnn.cell.memory_input, model.rnn.cell.memory_readout) == ("hidden", "mean")
+
+
+def test_relational_rnn_options_are_refused_for_other_models(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert run_cli(["--model", "lstm", "--steps", 5, "--out", out, *LSTM,
+                    "--memory-readout", "slots"]) == 2
+    assert "--memory-readout applies to rrnn" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Refusals: existing run, bad checkpoints, bad arguments
 # --------------------------------------------------------------------------------------------

@@ -117,9 +117,14 @@ def test_return_sequences_false_equals_last_step(rng):
         np.testing.assert_array_equal(a, b)
 
 
+OPTIONS = [{}, dict(memory_input="input_and_hidden"), dict(memory_readout="slots"),
+           dict(memory_input="input_and_hidden", memory_readout="slots")]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("given_state", [False, True])
-def test_cell_loop_equals_sequence_model(rng, given_state):
-    model = make_model(num_blocks=2)
+def test_cell_loop_equals_sequence_model(rng, given_state, options):
+    model = make_model(num_blocks=2, **options)
     x = rng.standard_normal((B, T, I))
     state0 = random_state(rng) if given_state else None
     args = state0 if given_state else ()
@@ -133,12 +138,13 @@ def test_cell_loop_equals_sequence_model(rng, given_state):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_cell_loop_backward_equals_sequence_backward(rng):
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cell_loop_backward_equals_sequence_backward(rng, options):
     x = rng.standard_normal((B, T, I))
     state0 = random_state(rng)
     dy = rng.standard_normal((B, T, O))
     dfinal = random_state(rng)
-    model = make_model(gate_style="memory")
+    model = make_model(gate_style="memory", **options)
     *_, cache = model.forward(x, *state0, return_state=True, return_cache=True)
     dx, *dstate0 = model.backward(dy, cache, *dfinal)
     seq_grads = {k: v.copy() for k, v in model.gradients().items()}
@@ -329,8 +335,47 @@ def test_cell_default_state_and_backward_with_partial_dstate(rng):
     np.testing.assert_array_equal(dx0, 0)
 
 
+def test_default_options_are_the_reference_data_flow():
+    # REFERENCE.md: the memory reads h_t; r_t reads the mean over slots (Linear d -> H).
+    cell = make_cell()
+    assert (cell.memory_input, cell.memory_readout) == ("hidden", "mean")
+    assert cell.memory.input_proj.params["W"].shape == (H, D)
+    assert cell.readout.params["W"].shape == (D, H)
+    x = np.random.default_rng(1).standard_normal((B, I))
+    h_prev, c_prev, memory_prev = random_state(np.random.default_rng(2))
+    out, (h, c, memory), _ = cell.forward(x, (h_prev, c_prev, memory_prev))
+    # the same step written out from the children
+    xp, gx, _ = cell.memory.project_inputs(h)
+    expect_memory, _ = cell.memory.step(xp, gx, memory_prev)
+    np.testing.assert_array_equal(memory, expect_memory)
+    r = memory.mean(axis=1) @ cell.readout.params["W"] + cell.readout.params["b"]
+    pre = np.concatenate([h, r], axis=1) @ cell.combine.params["W"] + cell.combine.params["b"]
+    np.testing.assert_allclose(out, np.tanh(pre), rtol=1e-12)
+
+
+def test_options_change_what_the_memory_reads_and_how_it_is_read():
+    cell = make_cell(memory_input="input_and_hidden", memory_readout="slots")
+    assert cell.memory.input_proj.params["W"].shape == (I + H, D)
+    assert cell.readout.params["W"].shape == (N * D, H)
+    x = np.random.default_rng(1).standard_normal((B, I))
+    h_prev, c_prev, memory_prev = random_state(np.random.default_rng(2))
+    out, (h, c, memory), _ = cell.forward(x, (h_prev, c_prev, memory_prev))
+    xp, gx, _ = cell.memory.project_inputs(np.concatenate([x, h], axis=1))
+    expect_memory, _ = cell.memory.step(xp, gx, memory_prev)
+    np.testing.assert_array_equal(memory, expect_memory)
+    r = memory.reshape(B, N * D) @ cell.readout.params["W"] + cell.readout.params["b"]
+    pre = np.concatenate([h, r], axis=1) @ cell.combine.params["W"] + cell.combine.params["b"]
+    np.testing.assert_allclose(out, np.tanh(pre), rtol=1e-12)
+    # the memory now sees x_t directly: with the LSTM's input weights zeroed, x still matters
+    cell.lstm.params["W_x"][...] = 0.0
+    out2, _, _ = cell.forward(x + 1.0, (h_prev, c_prev, memory_prev))
+    out1, _, _ = cell.forward(x, (h_prev, c_prev, memory_prev))
+    assert np.abs(out2 - out1).max() > 1e-3
+
+
 def test_cell_config_rebuilds_the_cell():
-    cell = make_cell(num_blocks=2, key_size=5, gate_style="memory")
+    cell = make_cell(num_blocks=2, key_size=5, gate_style="memory",
+                     memory_input="input_and_hidden", memory_readout="slots")
     clone = RelationalRNNCell(**json.loads(json.dumps(cell.config)))
     assert {k: v.shape for k, v in clone.parameters().items()} == \
         {k: v.shape for k, v in cell.parameters().items()}
@@ -362,6 +407,7 @@ def test_classifier_default_readout_is_paper_sized():
 def test_classifier_config_rebuilds_the_model(rng):
     model = RelationalRNNClassifier(I, 3, hidden_size=H, num_slots=2, slot_size=6, num_heads=3,
                                     num_blocks=2, gate_style=None, forget_bias=0.5,
+                                    memory_input="input_and_hidden", memory_readout="slots",
                                     mlp_hidden=(8,), rng=rng)
     config = json.loads(json.dumps(model.config))
     assert "rng" not in config and "dtype" not in config
@@ -467,6 +513,10 @@ def test_bad_upstream_gradients_raise_before_state_changes(rng):
     (dict(key_size=0), ValueError, r"key_size must be an integer >= 1, got 0"),
     (dict(attention_mlp_layers=0), ValueError, r"attention_mlp_layers must be an integer"),
     (dict(gate_style="lstm"), ValueError, r"gate_style must be one of"),
+    (dict(memory_input="input"), ValueError,
+     r"memory_input must be one of \('hidden', 'input_and_hidden'\), got 'input'"),
+    (dict(memory_readout="max"), ValueError,
+     r"memory_readout must be one of \('mean', 'slots'\), got 'max'"),
     (dict(forget_bias=float("nan")), ValueError, r"forget_bias must be a number"),
     (dict(num_slots=2.5), TypeError, r"num_slots must be an integer"),
     (dict(dtype=np.int32), TypeError, r"dtype must be float32 or float64"),
