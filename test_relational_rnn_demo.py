@@ -13,8 +13,9 @@ held-out example.  With ``--checkpoint`` (a checkpoint of ``python nth_farthest.
 kind) it analyses the trained model on an example of its run's held-out set and writes an
 attention heatmap PNG (RMC and RelationalRNN).
 
-This file is the command line and its tests.  The tracing, the analysis and the demo's models
-are :mod:`relational_rnn.memory_trace`; the printout, :mod:`relational_rnn.memory_report`.
+This file is the command line and its tests.  The tracing and the analysis are
+:mod:`relational_rnn.memory_trace`; the demo's models and their training,
+:mod:`relational_rnn.demo_training`; the printout, :mod:`relational_rnn.memory_report`.
 Shape letters: T time steps, N memory slots, d slot width, H hidden units, I input width.
 """
 from __future__ import annotations
@@ -39,13 +40,13 @@ from relational_rnn.evaluation import evaluate
 from relational_rnn.memory_report import (column, describe_checkpoint, describe_demo, header,
                                           print_report, render_attention, render_gates,
                                           render_phases, render_slots)
-from relational_rnn.memory_trace import (CLASSIFIERS, DEMO_BATCH, DEMO_LR, DEMO_SIZES,
-                                         DEMO_TASK, Example, Trace, analyse, attention_entropy,
-                                         build_demo_models, gate_openness, input_attention,
-                                         output_stats, parameter_groups, phase_slices,
-                                         pick_example, recurrent_parameters, slot_norms,
-                                         slot_specialisation, state_norms, state_phase_stats,
-                                         subset, trace_model, train_classifier)
+from relational_rnn.demo_training import (DEMO_BATCH, DEMO_LR, DEMO_SIZES, DEMO_TASK,
+                                          build_demo_models, train_classifier)
+from relational_rnn.memory_trace import (CLASSIFIERS, Example, Trace, analyse, attention_entropy,
+                                         gate_openness, input_attention, output_stats,
+                                         parameter_groups, phase_slices, pick_example,
+                                         recurrent_parameters, slot_norms, slot_specialisation,
+                                         state_norms, state_phase_stats, subset, trace_model)
 from relational_rnn.presets import PRESETS
 from relational_rnn.registry import KINDS, MODEL_KINDS, build_model
 from relational_rnn.run_folder import CHECKPOINT_NAME

@@ -251,11 +251,8 @@ PARTS = [
 ]
 
 
-def grade(module, only: str | None = None) -> list[grading.Result]:
-    """Grade the functions of ``module`` (this file, its solution, or a modified copy); with
-    ``only``, just the parts whose name contains that text."""
-    return grading.grade_parts(PARTS, module, only)
+grade = grading.grader(PARTS)
 
 
 if __name__ == "__main__":
-    sys.exit(grading.main("Exercise 1 (multi-head attention)", grade, sys.modules[__name__]))
+    grading.run("Exercise 1 (multi-head attention)", __name__)

@@ -178,10 +178,7 @@ PARTS = [
 ]
 
 
-def grade(module, only: str | None = None) -> list[grading.Result]:
-    """Grade the functions of ``module`` (this file, its solution, or a modified copy); with
-    ``only``, just the parts whose name contains that text."""
-    return grading.grade_parts(PARTS, module, only)
+grade = grading.grader(PARTS)
 
 
 # ============================================================================================
@@ -232,6 +229,6 @@ def experiment(module, seeds=(0, 1, 2)):
           "plateau (held-out\naccuracy 0.66 and 0.67 in two seeds) where the truncated normal "
           "reached 0.94 and 0.95:\nIMPLEMENTATION_SUMMARY.md, section 1, 'Initialisation'.")
 
+
 if __name__ == "__main__":
-    sys.exit(grading.main("Exercise 2 (initialisation)", grade, sys.modules[__name__],
-                          experiment=experiment))
+    grading.run("Exercise 2 (initialisation)", __name__, experiment=experiment)

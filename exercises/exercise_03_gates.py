@@ -140,20 +140,32 @@ def check_gates_forward(m, measure):
         measure.close(f"f ({style}, biases {ib}, {fb})", f, ref["f"])
 
 
-def check_gates_backward(m, measure):
+def _check_gate_gradients(measure, case, seed, names, forward, backward):
+    """Every gradient of a function of the arrays ``names`` of :func:`_library_update` and of
+    the gate parameters, against finite differences, in the 'unit' and 'memory' styles.
+
+    ``forward(inp, params, input_bias, forget_bias) -> (outs, cache)`` with ``params`` the gate
+    parameters taken from ``inp``; ``backward(douts, cache) -> {name: gradient}``.
+    """
     for k, (style, ib, fb) in enumerate(CONFIGS[:2]):
-        ref = _library_update(style, 20 + k, ib, fb)
+        ref = _library_update(style, seed + k, ib, fb)
 
-        def forward(inp, ib=ib, fb=fb):
-            params = {n: inp[n] for n in GATE_NAMES}
-            return m.gates_forward(inp["xp"], inp["memory"], params, ib, fb)
+        def run(inp, ib=ib, fb=fb):
+            return forward(inp, {n: inp[n] for n in GATE_NAMES}, ib, fb)
 
-        def backward(d, c):
-            dxp, dmemory, grads = m.gates_backward(d[0], d[1], c)
-            return {"xp": dxp, "memory": dmemory, **grads}
+        measure.gradients(f"{case} {style}", run, backward,
+                          {**{n: ref[n] for n in names}, **ref["params"]})
 
-        measure.gradients(f"gates {style}", forward, backward,
-                          {"xp": ref["xp"], "memory": ref["memory"], **ref["params"]})
+
+def check_gates_backward(m, measure):
+    def backward(d, c):
+        dxp, dmemory, grads = m.gates_backward(d[0], d[1], c)
+        return {"xp": dxp, "memory": dmemory, **grads}
+
+    _check_gate_gradients(
+        measure, "gates", 20, ("xp", "memory"),
+        lambda inp, params, ib, fb: m.gates_forward(inp["xp"], inp["memory"], params, ib, fb),
+        backward)
 
 
 def check_update_forward(m, measure):
@@ -185,21 +197,15 @@ def check_memory_update_forward(m, measure):
 
 
 def check_memory_update_backward(m, measure):
-    for k, (style, ib, fb) in enumerate(CONFIGS[:2]):
-        ref = _library_update(style, 60 + k, ib, fb)
+    def backward(d, c):
+        dm_tilde, dmemory, dxp, grads = m.memory_update_backward(d, c)
+        return {"m_tilde": dm_tilde, "memory": dmemory, "xp": dxp, **grads}
 
-        def forward(inp, ib=ib, fb=fb):
-            params = {n: inp[n] for n in GATE_NAMES}
-            return m.memory_update_forward(inp["m_tilde"], inp["memory"], inp["xp"], params,
-                                           ib, fb)
-
-        def backward(d, c):
-            dm_tilde, dmemory, dxp, grads = m.memory_update_backward(d, c)
-            return {"m_tilde": dm_tilde, "memory": dmemory, "xp": dxp, **grads}
-
-        inputs = {n: ref[n] for n in ("m_tilde", "memory", "xp")}
-        measure.gradients(f"memory update {style}", forward, backward,
-                          {**inputs, **ref["params"]})
+    _check_gate_gradients(
+        measure, "memory update", 60, ("m_tilde", "memory", "xp"),
+        lambda inp, params, ib, fb: m.memory_update_forward(inp["m_tilde"], inp["memory"],
+                                                            inp["xp"], params, ib, fb),
+        backward)
 
 
 def check_frozen_memory(m, measure):
@@ -233,11 +239,8 @@ PARTS = [
 ]
 
 
-def grade(module, only: str | None = None) -> list[grading.Result]:
-    """Grade the functions of ``module`` (this file, its solution, or a modified copy); with
-    ``only``, just the parts whose name contains that text."""
-    return grading.grade_parts(PARTS, module, only)
+grade = grading.grader(PARTS)
 
 
 if __name__ == "__main__":
-    sys.exit(grading.main("Exercise 3 (gated memory update)", grade, sys.modules[__name__]))
+    grading.run("Exercise 3 (gated memory update)", __name__)

@@ -1,10 +1,12 @@
 """The grading machinery shared by the five exercises.
 
 Each exercise file declares its checks as a list of :class:`Part` (a name, a check function, a
-limit and a hint) and calls :func:`grade_parts` on the module to grade: the exercise itself, the
-matching module of ``exercises/solutions/``, or (in ``tests/test_exercises.py``) a copy of a
-solution with a bug planted in it.  Every part reports one :class:`Result`; :func:`main` is the
-command line of every exercise (``--solution`` grades the solution instead).
+limit and a hint) and makes its ``grade`` function with :func:`grader`, which runs
+:func:`grade_parts` on the module to grade: the exercise itself, the matching module of
+``exercises/solutions/``, or (in ``tests/test_exercises.py``) a copy of a solution with a bug
+planted in it.  Every part reports one :class:`Result`; :func:`main` is the command line of every
+exercise (``--solution`` grades the solution instead), and :func:`run` its
+``if __name__ == "__main__":`` block.
 
 A check function receives the module and a :class:`Measure`, and measures errors through it:
 
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
 
@@ -41,7 +44,7 @@ from autograd_checks import (LAYER_TOL, SEQUENCE_TOL, check_gradients,  # noqa: 
 
 FORWARD_TOL = 1e-9       # float64 forward passes against the library: the same sums, reordered
 __all__ = ["FORWARD_TOL", "LAYER_TOL", "SEQUENCE_TOL", "Mismatch", "Measure", "Part", "Result",
-           "grade_parts", "main", "randomise", "report"]
+           "grade_parts", "grader", "main", "randomise", "report", "run"]
 
 
 class Mismatch(Exception):
@@ -180,6 +183,15 @@ def grade_parts(parts: list[Part], module: ModuleType, only: str | None = None) 
     return [run_part(part, module) for part in parts if only is None or only in part.name]
 
 
+def grader(parts: list[Part]) -> Callable[..., list[Result]]:
+    """The ``grade(module, only=None)`` function of an exercise whose checks are ``parts``."""
+    def grade(module: ModuleType, only: str | None = None) -> list[Result]:
+        """Grade the functions of ``module`` (the exercise, its solution, or a modified copy);
+        with ``only``, just the parts whose name contains that text."""
+        return grade_parts(parts, module, only)
+    return grade
+
+
 def report(results: list[Result], seconds: float, out=sys.stdout) -> None:
     """Print one line per part (and a hint under each failure), then the verdict."""
     for r in results:
@@ -227,6 +239,14 @@ def main(title: str, grade: Callable[..., list[Result]], module: ModuleType,
         print()
         experiment(target)
     return 0 if all(r.passed for r in results) else 1
+
+
+def run(title: str, module_name: str,
+        experiment: Callable[[ModuleType], None] | None = None) -> NoReturn:
+    """An exercise's ``if __name__ == "__main__":`` block: grade the module ``module_name`` (or,
+    with ``--solution``, its solution) with its ``grade`` and exit with :func:`main`'s status."""
+    module = sys.modules[module_name]
+    sys.exit(main(title, module.grade, module, experiment=experiment))
 
 
 def randomise(module, rng: np.random.Generator, scale: float = 0.3) -> None:

@@ -17,6 +17,7 @@ this package only imports them (models <- application <- command line).  One ide
 * ``trainer``     train_model: the loop over the collaborators above
 * ``outputs``, ``plots``, ``report``  figures, results.json and tables
 * ``memory_trace``, ``memory_report``  the memory demo's tracing, analysis and text
+* ``demo_training``  the memory demo's small models and their training loop
 * ``cli_parser``, ``cli_run``, ``cli``  the command line (``nth-farthest``)
 
 ``load_checkpoint`` is here for scripts: ``model, info = load_checkpoint("runs/quick/rmc")``.

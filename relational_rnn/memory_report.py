@@ -19,16 +19,18 @@ Shape letters: T time steps, N memory slots, d slot width, H hidden units, I inp
 """
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
+from collections.abc import Callable
 
 import numpy as np
 
 import layers
 import nth_farthest as nf
-from relational_rnn.memory_trace import (DEMO_SIZES, DEMO_TASK, Example, Trace, analyse,
-                                         model_kind, parameter_groups, recurrent_parameters,
-                                         trace_model)
+from relational_rnn.demo_training import DEMO_SIZES, DEMO_TASK
+from relational_rnn.memory_trace import (Example, Trace, analyse, model_kind, parameter_groups,
+                                         recurrent_parameters, trace_model)
 from relational_rnn.report import format_table
 
 
@@ -62,6 +64,19 @@ def note(*sentences: str) -> str:
     return textwrap.fill(" ".join(sentences), width=100)
 
 
+def _section_of(title: str, absent: Callable[[Trace], bool], *why: str):
+    """Decorate the renderer of a section that only some models have: the section's ``title``
+    over the renderer's text, or over the note ``why`` when ``absent(trace)`` (the trace has no
+    memory slots, gates or attention to show)."""
+    def decorate(render):
+        @functools.wraps(render)
+        def rendered(trace: Trace, result: dict, step_labels) -> str:
+            body = note(*why) if absent(trace) else render(trace, result, step_labels)
+            return "\n".join([section(title), body])
+        return rendered
+    return decorate
+
+
 def render_phases(trace: Trace, result: dict) -> str:
     rows = []
     for name in trace.states:
@@ -86,11 +101,10 @@ def render_phases(trace: Trace, result: dict) -> str:
         f"before step 0 ({'; '.join(init)}).  Activations are unitless.")])
 
 
+@_section_of("2. Per-slot activity and specialisation", lambda trace: trace.memory is None,
+             "not applicable: an LSTM has no memory slots (its state is one vector; see",
+             "section 1).")
 def render_slots(trace: Trace, result: dict, step_labels) -> str:
-    title = section("2. Per-slot activity and specialisation")
-    if trace.memory is None:
-        return "\n".join([title, note("not applicable: an LSTM has no memory slots (its state "
-                                      "is one vector; see section 1).")])
     norms, spec = result["slot_norms"], result["specialisation"]
     N = norms.shape[1]
     slots = [f"slot {i}" for i in range(N)]
@@ -103,7 +117,6 @@ def render_slots(trace: Trace, result: dict, step_labels) -> str:
                " (> 1: the slots differ more from each other than they move)" if ratio > 1 else
                " (< 1: the slots move more over time than they differ from each other)")
     return "\n".join([
-        title,
         f"L2 norm of each memory slot (a row of d = {trace.memory.shape[2]} values) after each "
         "step:",
         format_table(["step t", *slots], rows), "",
@@ -116,10 +129,9 @@ def render_slots(trace: Trace, result: dict, step_labels) -> str:
              f"between/within = {fmt(ratio)}{verdict}.")])
 
 
+@_section_of("3. Gate openness per step", lambda trace: not trace.gates,
+             "this memory has no gates (gate_style=None): M_t = M~_t.")
 def render_gates(trace: Trace, result: dict, step_labels) -> str:
-    title = section("3. Gate openness per step")
-    if not trace.gates:
-        return "\n".join([title, "this memory has no gates (gate_style=None): M_t = M~_t."])
     names = list(trace.gates)
     rows = []
     for t in range(trace.steps):
@@ -135,15 +147,15 @@ def render_gates(trace: Trace, result: dict, step_labels) -> str:
     else:
         what = "mean over the H hidden units"
         how = "c_t = forget * c_(t-1) + input * g_t,  h_t = output * tanh(c_t)."
-    return "\n".join([title, f"Gate activations in (0, 1): {what} (min..max in brackets):",
+    return "\n".join([f"Gate activations in (0, 1): {what} (min..max in brackets):",
                       format_table(["step t", *names], rows), note(how)])
 
 
+@_section_of("4. Attention entropy per head and attention to the input row",
+             lambda trace: trace.attention is None,
+             "attention does not exist for an LSTM: it has no memory slots and no attention,",
+             "so no entropy and no heatmap.")
 def render_attention(trace: Trace, result: dict, step_labels) -> str:
-    title = section("4. Attention entropy per head and attention to the input row")
-    if trace.attention is None:
-        return "\n".join([title, note("attention does not exist for an LSTM: it has no memory "
-                                      "slots and no attention, so no entropy and no heatmap.")])
     ent, inp = result["entropy"], result["input_attention"]
     T, blocks, heads, N = inp.shape
     cols = [(b, h) for b in range(blocks) for h in range(heads)]
@@ -161,7 +173,6 @@ def render_attention(trace: Trace, result: dict, step_labels) -> str:
             cells.append(f"{fmt(w.mean())} (slot {top}: {fmt(w[top], 2)})")
         rows.append([_step_label(t, step_labels), *cells])
     return "\n".join([
-        title,
         note(f"Entropy of each memory slot's attention over the N+1 = {N + 1} keys (N slots + the",
              "input row), in nats, mean over the N slot queries; 0 = a single key,",
              f"ln(N+1) = {result['max_entropy']:.3f} = uniform:"),
@@ -242,7 +253,7 @@ def describe_model(model) -> str:
 
 def describe_demo(rrnn, lstm) -> str:
     """The demo's title and its task and models lines (the models of
-    :func:`relational_rnn.memory_trace.build_demo_models`)."""
+    :func:`relational_rnn.demo_training.build_demo_models`)."""
     K, F = DEMO_TASK["num_objects"], DEMO_TASK["num_features"]
     k, f = DEMO_TASK["active_objects"], DEMO_TASK["active_features"]
     return "\n".join([

@@ -9,16 +9,16 @@ openness (:func:`gate_openness`), attention entropy and attention to the input r
 (:func:`attention_entropy`, :func:`input_attention`), output statistics (:func:`output_stats`)
 and parameter counts per component (:func:`parameter_groups`); :func:`analyse` computes all of
 them for one trace.  :func:`pick_example` takes the analysed example from an N-th Farthest
-held-out set; :func:`build_demo_models` and :func:`train_classifier` give the small RelationalRNN
-and LSTM classifiers that the memory-evolution demo (``test_relational_rnn_demo.py``) traces.
-The text report of these numbers is :mod:`relational_rnn.memory_report`.
+held-out set.  The small RelationalRNN and LSTM classifiers that the memory-evolution demo
+(``test_relational_rnn_demo.py``) traces, and their training, are
+:mod:`relational_rnn.demo_training`; the text report of these numbers is
+:mod:`relational_rnn.memory_report`.
 
 Shape letters: T time steps, N memory slots, d slot width, H hidden units, I input width.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +26,7 @@ import numpy as np
 import layers
 import nth_farthest as nf
 from lstm_baseline import LSTM, LSTMClassifier
-from optimizer import Adam
 from relational_memory import RelationalMemory, RMCClassifier
-from relational_rnn.parallel import batch_gradient
 from relational_rnn_cell import RelationalRNN, RelationalRNNClassifier
 
 CLASSIFIERS = (RelationalRNNClassifier, RMCClassifier, LSTMClassifier)
@@ -127,7 +125,8 @@ def trace_model(model, x: np.ndarray) -> Trace:
     cs = cache["cs"][0]                       # (T+1, H) c_0 .. c_T
     h = outputs[0]
     return Trace(kind, h, logits,
-                 states={"LSTM hidden h": (np.zeros_like(h[0]), h), "LSTM cell c": (cs[0], cs[1:])},
+                 states={"LSTM hidden h": (np.zeros_like(h[0]), h),
+                         "LSTM cell c": (cs[0], cs[1:])},
                  gates={"LSTM input gate": act[:, :H], "LSTM forget gate": act[:, H:2 * H],
                         "LSTM output gate": act[:, 3 * H:]})
 
@@ -346,60 +345,3 @@ def subset(eval_set: nf.EvalSet, size: int) -> nf.EvalSet:
     """The first ``size`` examples of a held-out set."""
     return nf.EvalSet(inputs=eval_set.inputs[:size], labels=eval_set.labels[:size],
                       n=eval_set.n[:size], seed=eval_set.seed)
-
-
-# ============================================================================================
-# The demo's models: small classifiers trained to be traced
-# ============================================================================================
-
-# The demo task without a checkpoint: the 4 x 4 layout with 4 active objects and 1 active feature
-# (easy enough to learn well above chance in a few hundred steps).
-DEMO_TASK = dict(num_objects=4, num_features=4, active_objects=4, active_features=1)
-# The demo models: RelationalRNN (4 slots x 32 = 2 heads x 16) and an LSTM, both hidden size 32.
-DEMO_SIZES = dict(hidden_size=32, num_slots=4, slot_size=32, num_heads=2, mlp_hidden=(64,))
-# Training: Adam on fresh batches of this batch size, learning rate and clip norm.
-DEMO_BATCH, DEMO_LR, DEMO_CLIP = 32, 3e-3, 5.0
-
-
-def _seed_streams(seed: int) -> list[np.random.SeedSequence]:
-    """Independent streams of a demo seed: RelationalRNN init, LSTM init, training data."""
-    return np.random.SeedSequence(seed).spawn(3)
-
-
-def build_demo_models(seed: int, dtype=np.float32):
-    """The demo's RelationalRNN classifier and LSTM classifier of the same hidden size and
-    read-out, for the 4 x 4 N-th Farthest layout."""
-    K, F = DEMO_TASK["num_objects"], DEMO_TASK["num_features"]
-    width = nf.task_width(K, F)
-    s = DEMO_SIZES
-    rrnn_rng, lstm_rng = (np.random.default_rng(q) for q in _seed_streams(seed)[:2])
-    rrnn = RelationalRNNClassifier(width, K, hidden_size=s["hidden_size"],
-                                   num_slots=s["num_slots"], slot_size=s["slot_size"],
-                                   num_heads=s["num_heads"], mlp_hidden=s["mlp_hidden"],
-                                   rng=rrnn_rng, dtype=dtype)
-    lstm = LSTMClassifier(width, s["hidden_size"], K, mlp_hidden=s["mlp_hidden"], rng=lstm_rng,
-                          dtype=dtype)
-    return rrnn, lstm
-
-
-def train_classifier(model, *, steps: int, seed: int, batch_size: int = DEMO_BATCH,
-                     lr: float = DEMO_LR) -> dict:
-    """Adam on fresh batches of the demo task (the data stream depends only on ``seed``).
-
-    Returns ``{"steps", "seconds", "loss"}`` (mean training loss of the last 20 steps, None
-    without steps).
-    """
-    rng = np.random.default_rng(_seed_streams(seed)[2])
-    optimizer = Adam(model, lr=lr, clip_norm=DEMO_CLIP)
-    K, F = DEMO_TASK["num_objects"], DEMO_TASK["num_features"]
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x, y, _ = nf.make_batch(rng, batch_size, K, F, active_objects=DEMO_TASK["active_objects"],
-                                active_features=DEMO_TASK["active_features"], dtype=model.dtype)
-        optimizer.zero_grad()
-        loss, _ = batch_gradient(model, x, y)
-        optimizer.step()
-        losses.append(loss)
-    return {"steps": steps, "seconds": time.perf_counter() - t0,
-            "loss": float(np.mean(losses[-20:])) if losses else None}

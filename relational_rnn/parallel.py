@@ -171,8 +171,8 @@ class DataParallel:
     """The gradient of a batch for ``model``, computed by ``workers`` processes.
 
     ``kind``, ``sizes``, ``num_objects`` and ``num_features`` are those ``model`` was built from
-    with :func:`relational_rnn.registry.build_model` (each worker builds a replica; its parameters are copied
-    from ``model`` at every step).  ``workers = 1`` starts no process.
+    with :func:`relational_rnn.registry.build_model` (each worker builds a replica; its
+    parameters are copied from ``model`` at every step).  ``workers = 1`` starts no process.
 
     The workers are fresh interpreters ("spawn"): each imports the main script again, so a
     script that uses ``workers > 1`` must keep its work under ``if __name__ == "__main__":``.

@@ -12,8 +12,8 @@ The functions take plain data, so the training CLI, the demo and user scripts sh
 As a script it overlays the learning curves of models from several runs, e.g. two rows of the
 summary's 8 x 16 table::
 
-    python -m relational_rnn.plots runs/rmc-8x16 runs/rmc-8x16-4heads --label "2 heads" --label "4 heads" \
-        --out compare.png
+    python -m relational_rnn.plots runs/rmc-8x16 runs/rmc-8x16-4heads \\
+        --label "2 heads" --label "4 heads" --out compare.png
 
 Metrics lines are dicts with an ``"event"`` key:
 
@@ -99,8 +99,9 @@ def _draw_step_phases(ax, phases: Sequence[Mapping], *, label: bool) -> None:
     for i, event in enumerate(phases):
         ax.axvline(event["step"], color="0.45", linestyle="--", linewidth=0.9,
                    label="curriculum phase change" if label and i == 0 else None)
-        ax.annotate(_phase_label(event), xy=(event["step"], 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(2, -10), textcoords="offset points", fontsize=7, color="0.3")
+        ax.annotate(_phase_label(event), xy=(event["step"], 1.0),
+                    xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=7, color="0.3")
 
 
 def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
@@ -388,9 +389,10 @@ def _num_objects(metrics_file: str) -> int | None:
 
 def _compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m relational_rnn.plots", description="Overlay the learning curves of models from several "
-        "N-th Farthest runs on one figure (held-out accuracy and loss against steps and wall "
-        "time, one accuracy-per-n panel per model), e.g. to compare two configurations.")
+        prog="python -m relational_rnn.plots",
+        description="Overlay the learning curves of models from several N-th Farthest runs on "
+        "one figure (held-out accuracy and loss against steps and wall time, one "
+        "accuracy-per-n panel per model), e.g. to compare two configurations.")
     p.add_argument("folders", nargs="+", metavar="FOLDER",
                    help="a run folder (every model in it) or a model folder (RUN/rmc)")
     p.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
@@ -402,7 +404,8 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m relational_rnn.plots FOLDER ... --out PNG``; returns the exit status (2: bad arguments)."""
+    """``python -m relational_rnn.plots FOLDER ... --out PNG``; returns the exit status
+    (2: bad arguments)."""
     args = _compare_parser().parse_args(argv)
     try:
         files = [f for folder in args.folders for f in _metrics_files(folder)]
