@@ -107,7 +107,7 @@ def _draw_step_phases(ax, phases: Sequence[Mapping], *, label: bool) -> None:
 def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
                          path: str | os.PathLike, *, chance: float | None = None,
                          title: str | None = None, labels: Mapping[str, str] | None = None,
-                         dpi: int = 110) -> str:
+                         levels: Mapping[str, float] | None = None, dpi: int = 110) -> str:
     """Draw the learning curves of several models into one PNG and return its path.
 
     Args:
@@ -117,6 +117,8 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
             panels, and ``-ln(chance)`` on the loss panels.
         title: figure title.
         labels: model kind -> legend label (default: the kind).
+        levels: legend label -> accuracy, drawn as dashed lines on the accuracy panels (e.g.
+            ``{"plateau (n = 0 solved)": 0.25}``).
 
     Layout: row 1 held-out accuracy vs steps and vs wall time; row 2 held-out loss (solid) and
     mean training loss since the previous evaluation (dotted) vs steps and vs wall time; row 3
@@ -158,6 +160,9 @@ def plot_learning_curves(metrics_by_model: Mapping[str, Sequence[Mapping]],
         ax.set_ylabel("held-out accuracy")
     for ax in bottom_axes[len(kinds):]:
         ax.set_visible(False)
+    for ax in (panels.acc_s, panels.acc_t, *bottom_axes[:len(kinds)]):
+        for (label, value), style in zip((levels or {}).items(), ("--", "-.", (0, (1, 3)))):
+            ax.axhline(value, color="0.4", linestyle=style, linewidth=1.0, label=label)
     _finish_panels(panels, chance, time_label)
     if title:
         # about 9 characters of the default title font per inch of figure width
@@ -387,6 +392,18 @@ def _num_objects(metrics_file: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _level(text: str) -> tuple[str, float]:
+    """--level 'ACC=TEXT' -> (TEXT, ACC) with ACC in [0, 1]."""
+    value, sep, label = text.partition("=")
+    try:
+        acc = float(value)
+    except ValueError:
+        acc = math.nan
+    if not sep or not label or not 0 <= acc <= 1:
+        raise argparse.ArgumentTypeError(f"expected ACC=TEXT with ACC in [0, 1], got {text!r}")
+    return label, acc
+
+
 def _compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m relational_rnn.plots",
@@ -399,6 +416,9 @@ def _compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", metavar="TEXT",
                    help="legend label, once per model drawn, in order (default: RUN/MODEL)")
     p.add_argument("--title", help="figure title")
+    p.add_argument("--level", action="append", type=_level, metavar="ACC=TEXT", default=[],
+                   help="a dashed line at accuracy ACC on the accuracy panels, labelled TEXT, "
+                        "e.g. '0.25=plateau (n = 0 solved)'; up to three")
     p.add_argument("--dpi", type=int, default=110, help="resolution (default 110)")
     return p
 
@@ -419,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--label: the labels must differ, got {labels}")
         if args.dpi <= 0:
             raise ValueError(f"--dpi must be positive, got {args.dpi}")
+        if len(args.level) > 3:
+            raise ValueError(f"--level: at most three, got {len(args.level)}")
         metrics = {label: read_metrics(f) for label, f in zip(labels, files)}
     except (OSError, ValueError) as exc:
         print(f"relational_rnn.plots: error: {exc}", file=sys.stderr)
@@ -426,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     objects = {_num_objects(f) for f in files}
     chance = 1.0 / objects.pop() if len(objects) == 1 and None not in objects else None
     path = plot_learning_curves(metrics, args.out, chance=chance, title=args.title,
-                                dpi=args.dpi)
+                                levels=dict(args.level), dpi=args.dpi)
     print(f"wrote {path} ({len(files)} models)")
     return 0
 

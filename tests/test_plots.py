@@ -41,8 +41,10 @@ def test_runs_and_model_folders_are_overlaid_with_their_labels(tmp_path, monkeyp
     assert [e["step"] for e in drawn["metrics"]["b/rmc"]] == [0, 10, 20]
     assert drawn["chance"] == pytest.approx(1 / 3) and drawn["title"] == "two runs"
     assert plots.main([str(tmp_path / "a" / "rmc"), str(tmp_path / "b"), "--out", str(out),
-                       "--label", "2 heads", "--label", "4 heads"]) == 0
+                       "--label", "2 heads", "--label", "4 heads",
+                       "--level", "0.25=plateau (n = 0 solved)"]) == 0
     assert list(drawn["metrics"]) == ["2 heads", "4 heads"]
+    assert drawn["levels"] == {"plateau (n = 0 solved)": 0.25}
 
 
 def test_runs_of_different_tasks_get_no_chance_line(tmp_path, monkeypatch):
@@ -69,4 +71,15 @@ def test_bad_arguments_are_refused_and_nothing_is_written(tmp_path, capsys, argv
     argv = [str(tmp_path / a) if a in ("a", "missing", "empty") else a for a in argv]
     assert plots.main([*argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("level", ["1.5=too high", "0.25", "x=label", "0.2="])
+def test_bad_levels_are_refused_by_the_parser(tmp_path, capsys, level):
+    write_run(tmp_path / "a", ["rmc"])
+    out = tmp_path / "x.png"
+    with pytest.raises(SystemExit) as exc:
+        plots.main([str(tmp_path / "a"), "--level", level, "--out", str(out)])
+    assert exc.value.code == 2
+    assert "expected ACC=TEXT with ACC in [0, 1]" in capsys.readouterr().err
     assert not out.exists()
