@@ -343,6 +343,10 @@ def check_rmc_classifier():
                        threshold=SEQUENCE_TOL)
 
 
+# What the RelationalRNN's memory reads, in the case names: h_t, or x_t beside it.
+_SHORT = {"hidden": "h", "input_and_hidden": "x+h"}
+
+
 @case("relational_rnn.RelationalRNNCell")
 def check_relational_rnn_cell():
     from relational_rnn_cell import RelationalRNNCell
@@ -369,8 +373,9 @@ def check_relational_rnn_cell():
             dx, dstate = cell.backward(d[0], d[1:], cache)
             return dict(zip(("x", "h", "c", "memory"), (dx, *dstate)))
 
-        results += check_gradients(f"RelationalRNNCell gate={gate} blocks={blocks} {reads} "
-                                   f"{readout}", fwd, bwd, inputs, cell, threshold=LAYER_TOL)
+        results += check_gradients(f"RelationalRNNCell gate={gate} blocks={blocks} "
+                                   f"{_SHORT[reads]} {readout}", fwd, bwd, inputs, cell,
+                                   threshold=LAYER_TOL)
     return results
 
 
@@ -401,7 +406,7 @@ def check_relational_rnn():
 
         results += check_gradients(
             f"RelationalRNN T=5 gate={gate} blocks={blocks}"
-            + "".join(f" {v}" for v in options.values()),
+            + "".join(f" {_SHORT.get(v, v)}" for v in options.values()),
             fwd, bwd, inputs, model, threshold=SEQUENCE_TOL)
     return results
 
@@ -418,7 +423,7 @@ def check_relational_rnn_classifier():
                                         mlp_hidden=(4,), rng=rng)
         _randomise(model, rng)
         model.readout.layers[0].params["b"] += 1.0   # keep the ReLUs active: no zero gradients
-        results += module_case(f"RelationalRNNClassifier T=5 {reads} {readout}", model,
+        results += module_case(f"RelationalRNNClassifier T=5 {_SHORT[reads]} {readout}", model,
                                {"x": rng.standard_normal((2, 5, 2))}, threshold=SEQUENCE_TOL)
     return results
 

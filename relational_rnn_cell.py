@@ -268,7 +268,8 @@ class RelationalRNN(layers.Module):
 
     x (B, T, I) -> outputs (B, T, output_size) (or (B, output_size), the last step, with
     ``return_sequences=False``).  Children ``cell`` (:class:`RelationalRNNCell`) and ``output``
-    (Linear H -> output_size).  Memory keyword arguments as in :class:`RelationalRNNCell`.
+    (Linear H -> output_size).  Memory keyword arguments and the options ``memory_input`` and
+    ``memory_readout`` as in :class:`RelationalRNNCell`.
 
     Usage::
 
@@ -533,7 +534,8 @@ class RelationalRNNClassifier(layers.Module):
 
     Children ``rnn`` (:class:`RelationalRNN` with output_size = hidden_size) and ``readout``
     (:class:`layers.MLP` ``[hidden_size, *mlp_hidden, num_classes]``: ReLU hidden layers, linear
-    logits; an empty ``mlp_hidden`` gives one linear layer).
+    logits; an empty ``mlp_hidden`` gives one linear layer).  The other keyword arguments as in
+    :class:`RelationalRNNCell`.
 
     Classifier interface shared by every model of the library::
 
