@@ -191,6 +191,12 @@ def test_resume_with_more_steps_continues_and_finished_models_are_skipped(tmp_pa
     assert [e["step"] for e in resumes] == [10]
 
 
+def test_the_recipe_presets_train_the_relational_rnn_with_its_options():
+    for name in ("quick", "curriculum", "curriculum8x16"):
+        sizes = PRESETS[name].models["rrnn"]
+        assert (sizes.memory_input, sizes.memory_readout) == ("input_and_hidden", "slots")
+
+
 def test_relational_rnn_options_reach_the_model_and_resume(tmp_path):
     out = tmp_path / "o"
     assert run_cli(["--model", "rrnn", "--steps", 10, "--out", out, *TINY,
@@ -203,9 +209,11 @@ def test_relational_rnn_options_reach_the_model_and_resume(tmp_path):
     assert model.rnn.cell.readout.params["W"].shape == (2 * 8, 8)   # N * d -> H
     assert run_cli(["--resume", out, "--steps", 15, *QUIET]) == 0
     assert load_checkpoint(out / "rrnn")[1]["step"] == 15
-    # without them the run config keeps the shape it had before they existed
+    # without them (a preset that leaves them unset) the run config keeps the shape it had
+    # before they existed, and the model its default data flow
     plain = tmp_path / "p"
-    assert run_cli(["--model", "rrnn", "--steps", 5, "--out", plain, *TINY]) == 0
+    assert run_cli(["--model", "rrnn", "--preset", "sonnet", "--steps", 5, "--out", plain,
+                    *TINY]) == 0
     sizes = read_json(plain / "run_config.json")["model_sizes"]["rrnn"]
     assert "memory_input" not in sizes and "memory_readout" not in sizes
     model, _ = load_checkpoint(plain / "rrnn")
