@@ -396,6 +396,8 @@ class TorchRelationalRNNClassifier(torch.nn.Module):
     h_t = LSTM(x_t) (torch.nn.LSTM, zero initial state); M_t = RelationalMemory(h_t, M_{t-1})
     from the identity initial memory; at the last step r = mean_N(M_T) W_r + b_r,
     out = tanh([h_T ; r] W_c + b_c), y = out W_o + b_o; then the read-out MLP to logits.
+    Options: memory_input "input_and_hidden" feeds [x_t ; h_t] to the memory; memory_readout
+    "slots" reads M_T's N slots side by side (N*d -> H).
     """
 
     def __init__(self, input_size: int, num_classes: int, *, hidden_size: int = 64,
@@ -403,16 +405,20 @@ class TorchRelationalRNNClassifier(torch.nn.Module):
                  num_blocks: int = 1, key_size: int | None = None,
                  attention_mlp_layers: int = 2, gate_style: str | None = "unit",
                  forget_bias: float = 1.0, input_bias: float = 0.0,
+                 memory_input: str = "hidden", memory_readout: str = "mean",
                  mlp_hidden=(256, 256, 256, 256), dtype=torch.float32):
         super().__init__()
         dtype = _as_torch_dtype(dtype)
         H = hidden_size
+        self.reads_input = memory_input == "input_and_hidden"
+        self.reads_slots = memory_readout == "slots"
         self.lstm = _torch_lstm(input_size, H, dtype)
         self.memory = TorchRelationalMemory(
-            H, num_slots, slot_size // num_heads, num_heads, num_blocks=num_blocks,
+            H + (input_size if self.reads_input else 0), num_slots, slot_size // num_heads, num_heads, num_blocks=num_blocks,
             key_size=key_size, attention_mlp_layers=attention_mlp_layers,
             gate_style=gate_style, forget_bias=forget_bias, input_bias=input_bias, dtype=dtype)
-        self.mem_readout = torch.nn.Linear(slot_size, H, dtype=dtype)
+        self.mem_readout = torch.nn.Linear(slot_size * (num_slots if self.reads_slots else 1), H,
+                                           dtype=dtype)
         self.combine = torch.nn.Linear(2 * H, H, dtype=dtype)
         self.output = torch.nn.Linear(H, H, dtype=dtype)
         sizes = [H, *mlp_hidden, num_classes]
@@ -430,8 +436,9 @@ class TorchRelationalRNNClassifier(torch.nn.Module):
 
     def forward(self, x):
         hs, _ = self.lstm(x)                                      # (B, T, H)
-        memory_T = self.memory.forward_sequence(hs)[:, -1]        # (B, N, d)
-        r = self.mem_readout(memory_T.mean(dim=1))
+        mem_in = torch.cat([x, hs], dim=-1) if self.reads_input else hs
+        memory_T = self.memory.forward_sequence(mem_in)[:, -1]    # (B, N, d)
+        r = self.mem_readout(memory_T.flatten(1) if self.reads_slots else memory_T.mean(dim=1))
         out = torch.tanh(self.combine(torch.cat([hs[:, -1], r], dim=-1)))
         return _run_readout(self.readout, self.output(out))
 
