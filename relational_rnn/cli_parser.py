@@ -284,6 +284,14 @@ def _task_options() -> list:
     ]
 
 
+def _full_task_rates() -> str:
+    """The presets' full-task rates, for the help."""
+    return "; ".join(f"{name} " + (",".join(f"{kind}={lr:g}" for kind, lr in rates.items())
+                                   if rates else "none")
+                     for name, preset in PRESETS.items()
+                     for rates in [preset.train.full_task_lr_by_model])
+
+
 def _optimisation_options() -> list:
     """The options of the group 'optimisation'."""
     lr_presets = "; ".join(
@@ -302,6 +310,11 @@ def _optimisation_options() -> list:
              help="initial rates of some models, e.g. rrnn=3e-4,lstm=1e-3; the others "
                   "start at --lr; none = every model at --lr (replaces a preset's "
                   "per-model rates)"),
+        _opt("--full-task-lr-by-model", type=_optional(_lr_by_model), metavar="KIND=LR,...",
+             help="rates of some models from the step the curriculum reaches the full task "
+                  "(its last phase) on, e.g. rrnn=6e-4: the schedule's line restarted from "
+                  "that rate at the same step count; the others keep theirs; none = no "
+                  f"change at the full task (presets: {_full_task_rates()})"),
         _opt("--lr-schedule", choices=LR_SCHEDULES,
              help="exponential: lr x RATE every --lr-decay-steps (smoothly) down to "
                   "--min-lr; linear: a straight line from the initial lr to --min-lr over "

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from optimizer import ExponentialMovingAverage
 from relational_rnn.checkpoint import CheckpointError, load_checkpoint, relabel_checkpoint
 from relational_rnn.config import (BRANCHABLE, DTYPES, EVALUATE_OPTIONS, LATER_DEFAULTS,
-                                   LR_SCHEDULES, RESUMABLE, SIZE_FIELDS, TRAIN_FIELDS, RunConfig,
-                                   TrainSettings, option_name)
+                                   LR_SCHEDULES, RATE_MAPS, RESUMABLE, SIZE_FIELDS, TRAIN_FIELDS,
+                                   RunConfig, TrainSettings, option_name)
 from relational_rnn.curriculum import format_curriculum, parse_curriculum
 from relational_rnn.optimization import initial_lr, resumed_optimizer
 from relational_rnn.presets import PRESETS
@@ -56,7 +56,7 @@ def given(args: argparse.Namespace, key: str) -> bool:
 def cli_value(key: str, value):
     """CLI spellings of 'no value' -> None; widths as a tuple."""
     if value == "none" and key in ("clip_norm", "time_budget", "key_size", "gate_style",
-                                   "ema_decay", "lr_by_model"):
+                                   "ema_decay", "lr_by_model", "full_task_lr_by_model"):
         return None
     if key == "time_budget" and value == 0:
         return None
@@ -71,20 +71,26 @@ def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
 
 def _lr_applies_to_all(args: argparse.Namespace, train: TrainSettings) -> TrainSettings:
     """--lr alone sets the rate of every model, a preset's (or parent run's) per-model rates
-    included; with --lr-by-model the models named there keep their own."""
-    if given(args, "lr") and not given(args, "lr_by_model"):
-        return train.replace(lr_by_model=None)
+    included (those of the full task too); the models named in --lr-by-model or
+    --full-task-lr-by-model keep their own."""
+    if not given(args, "lr"):
+        return train
+    for key in RATE_MAPS:
+        if not given(args, key):
+            train = train.replace(**{key: None})
     return train
 
 
 def _check_lr_kinds(args: argparse.Namespace, kinds: Sequence[str]) -> None:
-    """A rate given in --lr-by-model for a model the run does not train would be stored and
-    never used: refuse it."""
-    rates = args.lr_by_model if isinstance(args.lr_by_model, dict) else {}
-    unused = [kind for kind in rates if kind not in kinds]
-    if unused:
-        raise UsageError(f"--lr-by-model sets a rate for {', '.join(unused)}, which the run "
-                         f"does not train (model(s) {','.join(kinds)})")
+    """A rate given in --lr-by-model (or --full-task-lr-by-model) for a model the run does not
+    train would be stored and never used: refuse it."""
+    for key in RATE_MAPS:
+        rates = getattr(args, key, None)
+        unused = [kind for kind in (rates if isinstance(rates, dict) else {})
+                  if kind not in kinds]
+        if unused:
+            raise UsageError(f"{option_name(key)} sets a rate for {', '.join(unused)}, which "
+                             f"the run does not train (model(s) {','.join(kinds)})")
 
 
 def _check_counts(t: TrainSettings) -> None:
@@ -107,14 +113,15 @@ def _check_rates(t: TrainSettings, models: Sequence[str]) -> None:
         raise UsageError(f"--lr-decay-rate must lie in (0, 1], got {t.lr_decay_rate}")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise UsageError(f"--ema-decay must lie in (0, 1) or be none, got {t.ema_decay}")
-    by_model = t.lr_by_model
-    if by_model is not None and (not isinstance(by_model, Mapping) or any(
-            k not in MODEL_KINDS or isinstance(v, bool) or not isinstance(v, (int, float))
-            or not 0 < v < math.inf for k, v in by_model.items())):
-        raise UsageError(f"lr_by_model must map model kinds {MODEL_KINDS} to learning rates "
-                         f"> 0, got {by_model!r}")
+    for key in RATE_MAPS:
+        by_model = getattr(t, key)
+        if by_model is not None and (not isinstance(by_model, Mapping) or any(
+                k not in MODEL_KINDS or isinstance(v, bool) or not isinstance(v, (int, float))
+                or not 0 < v < math.inf for k, v in by_model.items())):
+            raise UsageError(f"{key} must map model kinds {MODEL_KINDS} to learning rates "
+                             f"> 0, got {by_model!r}")
     for kind in models or MODEL_KINDS:
-        lr = initial_lr(t, kind)
+        lr = min(initial_lr(t, kind), initial_lr(t, kind, full_task=True))
         if t.min_lr > lr:
             raise UsageError(f"--min-lr ({t.min_lr}) must not exceed the {kind} model's "
                              f"initial --lr ({lr})")
@@ -190,7 +197,7 @@ def _load_run_checkpoint(run_dir: str, kind: str, cfg: RunConfig, option: str,
                          "state or data stream): it evaluates and loads, but cannot be continued")
     theirs, mine = info.get("run_config") or {}, json_safe(config_json(cfg))
     mismatch = [k for k in TRAIN_FIELDS if k not in may_differ
-                and theirs.get(k, LATER_DEFAULTS.get(k)) != mine[k]]
+                and theirs.get(k, LATER_DEFAULTS.get(k)) != mine.get(k, LATER_DEFAULTS.get(k))]
     if (theirs.get("model_sizes") or {}).get(kind) != mine["model_sizes"].get(kind):
         mismatch.append("model_sizes")
     if mismatch:
@@ -334,8 +341,8 @@ def resolve_branch(args: argparse.Namespace) -> RunPlan:
     cfg = cfg.replace(models=tuple(kinds), branched_from={
         "run": os.path.abspath(parent),
         "steps": {kind: int(info["step"]) for kind, (_, info) in checkpoints.items()},
-        "changed": {k: [old[k], new[k]] for k in BRANCHABLE
-                    if k not in RESUMABLE and old[k] != new[k]}})
+        "changed": {k: [old.get(k), new.get(k)] for k in BRANCHABLE
+                    if k not in RESUMABLE and old.get(k) != new.get(k)}})
     return RunPlan(cfg, args.out, kinds, checkpoints, branch_parent=parent, notices=notices)
 
 
@@ -379,7 +386,9 @@ def _write_branch_files(plan: RunPlan, folder: str) -> None:
                       [*history_until(parent_metrics, step), branch])
         # The optimizer entry as the branch's own first save would write it (its rate,
         # schedule and clipping; the moments stay in the arrays).
-        optimizer = resumed_optimizer(model, info, cfg.train, kind).state_dict()
+        full_task = step > 0 and int(info["phase_index"]) == len(cfg.phases) - 1
+        optimizer = resumed_optimizer(model, info, cfg.train, kind,
+                                      full_task=full_task).state_dict()
         relabel_checkpoint(info["path"], model_path(folder, kind, CHECKPOINT_NAME),
                            run_config=config_json(cfg), optimizer=optimizer)
 

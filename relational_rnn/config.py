@@ -98,13 +98,21 @@ class TrainSettings:
     dtype: str
     time_budget: float | None = _resumable()
     ema_decay: float | None
+    # Per-model rates from the step the curriculum reaches the full task (its last phase) on:
+    # the schedule's line restarted from that rate, at the same step count.
+    full_task_lr_by_model: Mapping[str, float] | None = field(default=None,
+                                                              metadata={"branch": True})
 
     def replace(self, **changes) -> "TrainSettings":
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict:
+        """The settings as ``run_config.json`` holds them; the settings added last
+        (:data:`WRITTEN_WHEN_SET`) only when set, so that the run folders written before them
+        write back the same JSON."""
         return {n: (dict(v) if isinstance(v, Mapping) else v)
-                for n in TRAIN_FIELDS for v in [getattr(self, n)]}
+                for n in TRAIN_FIELDS for v in [getattr(self, n)]
+                if not (v is None and n in WRITTEN_WHEN_SET)}
 
     @classmethod
     def from_json(cls, value: Mapping) -> "TrainSettings":
@@ -121,8 +129,12 @@ RESUMABLE = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("resum
 BRANCHABLE = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("branch"))
 # What --evaluate takes from the command line: another held-out set.
 EVALUATE_OPTIONS = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("evaluate"))
+WRITTEN_WHEN_SET = ("full_task_lr_by_model",)
+# The per-model rate settings (kind -> initial learning rate).
+RATE_MAPS = ("lr_by_model", "full_task_lr_by_model")
 # Settings added after runs were first written, with the value that reproduces those runs.
-LATER_DEFAULTS = {"ema_decay": None, "lr_schedule": "exponential", "lr_by_model": None}
+LATER_DEFAULTS = {"ema_decay": None, "lr_schedule": "exponential", "lr_by_model": None,
+                  "full_task_lr_by_model": None}
 
 
 @dataclass(frozen=True)

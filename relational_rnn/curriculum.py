@@ -169,6 +169,11 @@ class Curriculum:
         """(active objects, active features) of the current phase."""
         return self.phases[self.phase][:2]
 
+    @property
+    def at_full_task(self) -> bool:
+        """Whether the current phase is the last, the full task."""
+        return self.phase is not None and self.phase == len(self.phases) - 1
+
     def state_dict(self) -> dict:
         return {"phase_start": self.phase_start, "gate": dict(self.gate)}
 

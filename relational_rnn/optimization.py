@@ -7,28 +7,39 @@ from optimizer import Adam, ExponentialDecay, ExponentialMovingAverage, LinearDe
 from relational_rnn.config import TrainSettings
 
 
-def initial_lr(train: TrainSettings, kind: str) -> float:
+def initial_lr(train: TrainSettings, kind: str, *, full_task: bool = False) -> float:
     """The initial learning rate of the ``kind`` model of a run: its entry in
-    ``train.lr_by_model`` (a preset's per-model rate) or else ``train.lr``."""
+    ``train.lr_by_model`` (a preset's per-model rate) or else ``train.lr``; once the curriculum
+    has reached the full task (``full_task``), its entry in ``train.full_task_lr_by_model`` if
+    it has one."""
+    if full_task and kind in (train.full_task_lr_by_model or {}):
+        return float(train.full_task_lr_by_model[kind])
     return float((train.lr_by_model or {}).get(kind, train.lr))
 
 
-def make_optimizer(model, train: TrainSettings, kind: str) -> Adam:
-    """Adam with the run's rate, schedule and clipping."""
-    lr = initial_lr(train, kind)
+def make_schedule(train: TrainSettings, kind: str, *, full_task: bool = False):
+    """The run's schedule (a function of the step count) from the ``kind`` model's initial
+    rate; a full-task rate restarts the same line from that rate at the same step count."""
+    lr = initial_lr(train, kind, full_task=full_task)
     if train.lr_schedule == "linear":
-        schedule = LinearDecay(lr, decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
-    else:
-        schedule = ExponentialDecay(lr, decay_rate=train.lr_decay_rate,
-                                    decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
-    return Adam(model, lr=lr, clip_norm=train.clip_norm, schedule=schedule)
+        return LinearDecay(lr, decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
+    return ExponentialDecay(lr, decay_rate=train.lr_decay_rate,
+                            decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
 
 
-def resumed_optimizer(model, info: Mapping, train: TrainSettings, kind: str) -> Adam:
+def make_optimizer(model, train: TrainSettings, kind: str, *, full_task: bool = False) -> Adam:
+    """Adam with the run's rate, schedule and clipping."""
+    return Adam(model, lr=initial_lr(train, kind, full_task=full_task),
+                clip_norm=train.clip_norm, schedule=make_schedule(train, kind,
+                                                                  full_task=full_task))
+
+
+def resumed_optimizer(model, info: Mapping, train: TrainSettings, kind: str, *,
+                      full_task: bool = False) -> Adam:
     """The Adam of a resumed (or branched) model: the run's settings decide the rate, its
     schedule and the clipping (a branch may change them); the checkpoint ``info`` gives the
-    step count and the moments."""
-    optimizer = make_optimizer(model, train, kind)
+    step count and the moments.  ``full_task``: the curriculum stands at the full task."""
+    optimizer = make_optimizer(model, train, kind, full_task=full_task)
     optimizer.load_state_dict({k: v for k, v in info["optimizer"].items()
                                if k not in ("lr", "schedule", "clip_norm")})
     return optimizer

@@ -30,7 +30,7 @@ from relational_rnn.config import RunConfig
 from relational_rnn.curriculum import Curriculum, PhaseChange
 from relational_rnn.evaluation import EVAL_BATCH, evaluate_with_average
 from relational_rnn.optimization import (initial_lr, make_average, make_optimizer,
-                                         resumed_optimizer)
+                                         make_schedule, resumed_optimizer)
 from relational_rnn.parallel import DataParallel, check_workers
 from relational_rnn.progress import Progress, StopRequest, fmt_float
 from relational_rnn.registry import KINDS, build_model
@@ -120,7 +120,8 @@ class TrainingState:
         step = int(info["step"])
         curriculum = Curriculum(cfg.phases, phase=int(info["phase_index"]) if step > 0 else None,
                                 state=info.get("curriculum"))
-        return cls(kind, cfg, model, resumed_optimizer(model, info, t, kind), average, data_rng,
+        optimizer = resumed_optimizer(model, info, t, kind, full_task=curriculum.at_full_task)
+        return cls(kind, cfg, model, optimizer, average, data_rng,
                    step, float(info.get("wall_time", 0.0)),
                    TrainWindow.from_state(info.get("train_window")), curriculum)
 
@@ -219,6 +220,20 @@ class TrainingLoop:
         change = self.s.curriculum.advance(self.s.step)
         if change is not None:
             self.announce(change)
+            if self.s.curriculum.at_full_task:
+                self.full_task_rate()
+
+    def full_task_rate(self) -> None:
+        """At the full task a model named in ``full_task_lr_by_model`` takes its own rate from
+        here on: the schedule restarted from that rate, at the same step count."""
+        s, t = self.s, self.t
+        if s.kind not in (t.full_task_lr_by_model or {}):
+            return
+        s.optimizer.schedule = make_schedule(t, s.kind, full_task=True)
+        self.last_lr = s.optimizer.current_lr()
+        self.report.say(f"[{s.kind}] step {s.step}: the full task reached: learning rate "
+                        f"{self.last_lr:.3g} from here (the schedule from "
+                        f"{initial_lr(t, s.kind, full_task=True):g})")
 
     def announce(self, change: PhaseChange) -> None:
         self.report.record(change.metrics_line(self.s.wall()))

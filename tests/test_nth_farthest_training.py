@@ -629,6 +629,7 @@ def test_without_averaging_the_checkpoint_holds_the_last_iterate_and_old_runs_re
     config = json.loads((out / "run_config.json").read_text())
     for key in ("ema_decay", "lr_schedule", "lr_by_model"):
         del config[key]
+    assert "full_task_lr_by_model" not in config      # written only when set
     (out / "run_config.json").write_text(json.dumps(config))
     assert run_cli(["--resume", out, "--steps", 10, *QUIET]) == 0
     assert load_checkpoint(out / "lstm")[1]["step"] == 10
