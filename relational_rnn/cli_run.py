@@ -17,7 +17,7 @@ from relational_rnn.checkpoint import CheckpointError, load_checkpoint, relabel_
 from relational_rnn.config import (BRANCHABLE, DTYPES, EVALUATE_OPTIONS, LATER_DEFAULTS,
                                    LR_SCHEDULES, RATE_MAPS, RESUMABLE, SIZE_FIELDS, TRAIN_FIELDS,
                                    RunConfig, TrainSettings, option_name)
-from relational_rnn.curriculum import format_curriculum, parse_curriculum
+from relational_rnn.curriculum import Curriculum, format_curriculum, parse_curriculum
 from relational_rnn.optimization import initial_lr, resumed_optimizer
 from relational_rnn.presets import PRESETS
 from relational_rnn.registry import MODEL_KINDS, SIZE_FIELDS_BY_KIND, build_model
@@ -386,9 +386,9 @@ def _write_branch_files(plan: RunPlan, folder: str) -> None:
                       [*history_until(parent_metrics, step), branch])
         # The optimizer entry as the branch's own first save would write it (its rate,
         # schedule and clipping; the moments stay in the arrays).
-        full_task = step > 0 and int(info["phase_index"]) == len(cfg.phases) - 1
+        curriculum = Curriculum(cfg.phases, phase=int(info["phase_index"]) if step else None)
         optimizer = resumed_optimizer(model, info, cfg.train, kind,
-                                      full_task=full_task).state_dict()
+                                      full_task=curriculum.at_full_task).state_dict()
         relabel_checkpoint(info["path"], model_path(folder, kind, CHECKPOINT_NAME),
                            run_config=config_json(cfg), optimizer=optimizer)
 

@@ -129,6 +129,7 @@ RESUMABLE = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("resum
 BRANCHABLE = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("branch"))
 # What --evaluate takes from the command line: another held-out set.
 EVALUATE_OPTIONS = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("evaluate"))
+# Settings run_config.json holds only when set (added after the run folders of the tests' data).
 WRITTEN_WHEN_SET = ("full_task_lr_by_model",)
 # The per-model rate settings (kind -> initial learning rate).
 RATE_MAPS = ("lr_by_model", "full_task_lr_by_model")
