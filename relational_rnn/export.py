@@ -5,13 +5,15 @@ trained weights as a small run folder of weights-only checkpoints (the shipped m
     python -m relational_rnn.export copy-run /scratch/rmc-8x16 experiments/rmc-8x16
     python -m relational_rnn.export weights runs/curriculum relational_rnn/pretrained/4x4
 
-Both rewrite the run folder's own path in the recorded command lines (``--out SRC`` becomes
-``--out DST``), so no path of the machine that trained it travels with the run.
+Both rewrite the run folder in the recorded command lines (``--out X`` and ``--resume X`` become
+``--out DST`` and ``--resume DST`` in every line, whatever X was when the line ran), so no path of
+the machine that trained it travels with the run and its history reads as one recipe.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -24,13 +26,32 @@ from relational_rnn.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NA
                                        write_json, write_run_config)
 
 
+#: the options whose value is the run's own folder; every line of a run's history names the
+#: same run, so each is rewritten, whatever the folder was called when that line ran (a run
+#: copied by hand and resumed has lines naming both the original and the copy)
+_FOLDER_OPTIONS = ("--out", "--resume")
+
+
+def _relocated_command(command: str, dst: str) -> str:
+    """``command`` with the value of each :data:`_FOLDER_OPTIONS` option set to ``dst``."""
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        name, eq, _ = word.partition("=")
+        if name in _FOLDER_OPTIONS and eq:
+            words[i] = f"{name}={dst}"
+        elif word in _FOLDER_OPTIONS and i + 1 < len(words):
+            words[i + 1] = dst
+    return shlex.join(words)
+
+
 def _relocated(cfg, src: str, dst: str):
-    """``cfg`` with ``src`` (as given and absolute) replaced by ``dst`` in its command lines and
-    its branch record."""
+    """``cfg`` with its folder (``--out``/``--resume``) set to ``dst`` in its command lines, any
+    other mention of ``src`` (as given and absolute) replaced by ``dst``, and its branch record
+    cut to the source run's name."""
     def fix(text: str) -> str:
         for old in sorted({src.rstrip("/"), os.path.abspath(src)}, key=len, reverse=True):
             text = text.replace(old, dst)
-        return text
+        return _relocated_command(text, dst)
     branched = cfg.branched_from
     if branched is not None:
         branched = dict(branched, run=os.path.basename(branched["run"]))

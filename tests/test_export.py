@@ -67,3 +67,23 @@ def test_exported_weights_are_the_averaged_ones_evaluate_and_cannot_resume(scrat
 def test_export_refuses_a_target_that_holds_a_run(scratch_run, capsys):
     assert export.main(["weights", str(scratch_run), str(scratch_run)]) == 2
     assert "holds a run" in capsys.readouterr().err
+
+
+def test_a_run_copied_by_hand_then_exported_names_one_folder_in_every_line(scratch_run, tmp_path):
+    copy = tmp_path / "elsewhere" / "copy"          # a plain copy keeps the original's history
+    shutil.copytree(scratch_run, copy)
+    assert cli.main(["--resume", str(scratch_run), "--steps", "45", *QUIET]) == 0
+    shutil.rmtree(copy)
+    shutil.copytree(scratch_run, copy)
+    assert cli.main(["--resume", str(copy), "--steps", "50", *QUIET]) == 0
+    history = json.loads((copy / "run_config.json").read_text())["commands"]
+    assert any(str(scratch_run) in line for line in history)
+    for what, dst in (("copy-run", tmp_path / "repo" / "run"), ("weights", tmp_path / "shipped")):
+        assert export.main([what, str(copy), str(dst)]) == 0
+        lines = json.loads((dst / "run_config.json").read_text())["commands"]
+        assert len(lines) == len(history)
+        for line in lines:
+            assert str(tmp_path) not in line.replace(str(dst), "DST"), line
+            words = line.split()
+            folders = [words[i + 1] for i, w in enumerate(words) if w in ("--out", "--resume")]
+            assert folders and set(folders) == {str(dst)}, line
