@@ -30,24 +30,29 @@ from relational_rnn.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RESULTS_NA
 #: same run, so each is rewritten, whatever the folder was called when that line ran (a run
 #: copied by hand and resumed has lines naming both the original and the copy)
 _FOLDER_OPTIONS = ("--out", "--resume")
+#: the option naming the run a branch started from: cut to that run's name, as the branch record
+_PARENT_OPTION = "--branch-from"
 
 
 def _relocated_command(command: str, dst: str) -> str:
-    """``command`` with the value of each :data:`_FOLDER_OPTIONS` option set to ``dst``."""
+    """``command`` with the value of each :data:`_FOLDER_OPTIONS` option set to ``dst`` and
+    that of :data:`_PARENT_OPTION` cut to its last component."""
+    def value(name: str, old: str) -> str:
+        return os.path.basename(old.rstrip("/")) if name == _PARENT_OPTION else dst
     words = shlex.split(command)
     for i, word in enumerate(words):
-        name, eq, _ = word.partition("=")
-        if name in _FOLDER_OPTIONS and eq:
-            words[i] = f"{name}={dst}"
-        elif word in _FOLDER_OPTIONS and i + 1 < len(words):
-            words[i + 1] = dst
+        name, eq, old = word.partition("=")
+        if eq and name in (*_FOLDER_OPTIONS, _PARENT_OPTION):
+            words[i] = f"{name}={value(name, old)}"
+        elif word in (*_FOLDER_OPTIONS, _PARENT_OPTION) and i + 1 < len(words):
+            words[i + 1] = value(word, words[i + 1])
     return shlex.join(words)
 
 
 def _relocated(cfg, src: str, dst: str):
     """``cfg`` with its folder (``--out``/``--resume``) set to ``dst`` in its command lines, any
-    other mention of ``src`` (as given and absolute) replaced by ``dst``, and its branch record
-    cut to the source run's name."""
+    other mention of ``src`` (as given and absolute) replaced by ``dst``, and the run it was
+    branched from (in the lines and the branch record) cut to that run's name."""
     def fix(text: str) -> str:
         for old in sorted({src.rstrip("/"), os.path.abspath(src)}, key=len, reverse=True):
             text = text.replace(old, dst)

@@ -87,3 +87,16 @@ def test_a_run_copied_by_hand_then_exported_names_one_folder_in_every_line(scrat
             words = line.split()
             folders = [words[i + 1] for i, w in enumerate(words) if w in ("--out", "--resume")]
             assert folders and set(folders) == {str(dst)}, line
+
+
+def test_an_exported_branch_names_its_parent_by_name_only(scratch_run, tmp_path):
+    branch = tmp_path / "scratch" / "branch"
+    assert cli.main(["--branch-from", str(scratch_run), "--out", str(branch), "--steps", "45",
+                     "--lr", "1e-3", *QUIET]) == 0
+    assert str(scratch_run) in (branch / "run_config.json").read_text()
+    dst = tmp_path / "repo" / "branch"
+    export.copy_run(str(branch), str(dst))
+    text = (dst / "run_config.json").read_text()
+    assert str(tmp_path) not in text.replace(str(dst), "DST")
+    assert f"--branch-from {scratch_run.name} --out {dst}" in text
+    assert json.loads(text)["branched_from"]["run"] == scratch_run.name
