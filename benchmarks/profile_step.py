@@ -7,7 +7,8 @@ average.  Each case is a model of a training preset (batch 128, float32, the ful
 
 * ``rmc``      RMC 4 slots x 2 heads x 32, read-out 4 x 256, 4 x 4 task (preset ``curriculum``)
 * ``lstm``     LSTM 256, read-out 4 x 256, 4 x 4 task (preset ``curriculum``)
-* ``rrnn``     RelationalRNN 128 + the same memory, 4 x 4 task (preset ``curriculum``)
+* ``rrnn``     RelationalRNN: LSTM 64 + the same memory, read-out 2 x 128, 4 x 4 task (preset
+               ``curriculum``; an LSTM of 128 and a read-out of 4 x 256 before 2026-12-06)
 * ``rmc8x16``  RMC 8 slots x 2 heads x 32, 8 x 16 task (preset ``curriculum8x16``)
 
 ``--steps`` steps run under cProfile after ``--warmup`` unprofiled ones.  Printed per case:
@@ -70,7 +71,8 @@ from relational_rnn.threads import limit_blas_threads  # noqa: E402
 CASES = {
     "rmc": ("curriculum", "rmc", "RMC 4 x 4 (4 slots x 2 heads x 32, read-out 4 x 256)"),
     "lstm": ("curriculum", "lstm", "LSTM 256, 4 x 4 (read-out 4 x 256)"),
-    "rrnn": ("curriculum", "rrnn", "RelationalRNN 128 + memory 4 x 2 x 32, 4 x 4"),
+    "rrnn": ("curriculum", "rrnn", "RelationalRNN 64 + memory 4 x 2 x 32, read-out 2 x 128, "
+                                   "4 x 4"),
     "rmc8x16": ("curriculum8x16", "rmc", "RMC 8 x 16 (8 slots x 2 heads x 32, read-out "
                                          "4 x 256)"),
 }

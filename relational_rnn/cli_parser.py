@@ -88,18 +88,28 @@ def _optional(parse):
     return wrapped
 
 
-def _lr_by_model(text: str) -> dict:
-    """'rrnn=3e-4,lstm=1e-3' -> {'rrnn': 3e-4, 'lstm': 1e-3}."""
-    rates = {}
+def _by_model(text: str, parse_value, example: str) -> dict:
+    """'rrnn=3e-4,lstm=1e-3' -> {'rrnn': parse_value('3e-4'), 'lstm': parse_value('1e-3')}."""
+    values = {}
     for item in text.split(","):
         kind, sep, value = item.strip().partition("=")
         kind = kind.strip().lower()
         if not sep or kind not in MODEL_KINDS:
             raise argparse.ArgumentTypeError(
-                f"expected KIND=LR pairs with KIND one of {', '.join(MODEL_KINDS)}, such as "
-                f"rrnn=3e-4,lstm=1e-3, got {text!r}")
-        rates[kind] = _positive_float(value)
-    return rates
+                f"expected KIND=VALUE pairs with KIND one of {', '.join(MODEL_KINDS)}, such as "
+                f"{example}, got {text!r}")
+        values[kind] = parse_value(value)
+    return values
+
+
+def _lr_by_model(text: str) -> dict:
+    """'rrnn=3e-4,lstm=1e-3' -> {'rrnn': 3e-4, 'lstm': 1e-3}."""
+    return _by_model(text, _positive_float, "rrnn=3e-4,lstm=1e-3")
+
+
+def _decay_steps_by_model(text: str) -> dict:
+    """'rrnn=60000' -> {'rrnn': 60000}."""
+    return _by_model(text, _positive_int, "rrnn=60000")
 
 
 def _mlp_hidden(text: str) -> list[int]:
@@ -292,6 +302,13 @@ def _full_task_rates() -> str:
                      for rates in [preset.train.full_task_lr_by_model])
 
 
+def _decay_steps_by_preset() -> str:
+    """The presets' per-model decay steps, for the help."""
+    return "; ".join(f"{name} " + ",".join(f"{kind}={n}" for kind, n in steps.items())
+                     for name, preset in PRESETS.items()
+                     for steps in [preset.train.lr_decay_steps_by_model] if steps) or "none"
+
+
 def _optimisation_options() -> list:
     """The options of the group 'optimisation'."""
     lr_presets = "; ".join(
@@ -326,6 +343,11 @@ def _optimisation_options() -> list:
         _opt("--lr-decay-steps", type=_positive_int, metavar="N",
              help="exponential: steps per factor RATE; linear: steps to reach --min-lr "
                   f"(presets: {_preset_values('lr_decay_steps')})"),
+        _opt("--lr-decay-steps-by-model", type=_optional(_decay_steps_by_model),
+             metavar="KIND=N,...",
+             help="--lr-decay-steps of some models, e.g. rrnn=60000; the others use "
+                  "--lr-decay-steps; none = every model the same (replaces a preset's "
+                  f"per-model values) (presets: {_decay_steps_by_preset()})"),
         _opt("--min-lr", type=_nonneg_float, metavar="LR",
              help=f"floor of the decaying lr (presets: {_preset_values('min_lr')})"),
         _opt("--clip-norm", type=_optional(_positive_float), metavar="NORM",

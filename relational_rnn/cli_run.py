@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 
 from optimizer import ExponentialMovingAverage
 from relational_rnn.checkpoint import CheckpointError, load_checkpoint, relabel_checkpoint
-from relational_rnn.config import (BRANCHABLE, DTYPES, EVALUATE_OPTIONS, LATER_DEFAULTS,
-                                   LR_SCHEDULES, RATE_MAPS, RESUMABLE, SIZE_FIELDS, TRAIN_FIELDS,
-                                   RunConfig, TrainSettings, option_name)
+from relational_rnn.config import (BRANCHABLE, BY_MODEL, DTYPES, EVALUATE_OPTIONS,
+                                   LATER_DEFAULTS, LR_SCHEDULES, RATE_MAPS, RESUMABLE,
+                                   SIZE_FIELDS, TRAIN_FIELDS, RunConfig, TrainSettings,
+                                   option_name)
 from relational_rnn.curriculum import Curriculum, format_curriculum, parse_curriculum
 from relational_rnn.optimization import initial_lr, resumed_optimizer
 from relational_rnn.presets import PRESETS
@@ -56,7 +57,7 @@ def given(args: argparse.Namespace, key: str) -> bool:
 def cli_value(key: str, value):
     """CLI spellings of 'no value' -> None; widths as a tuple."""
     if value == "none" and key in ("clip_norm", "time_budget", "key_size", "gate_style",
-                                   "ema_decay", "lr_by_model", "full_task_lr_by_model"):
+                                   "ema_decay", *BY_MODEL):
         return None
     if key == "time_budget" and value == 0:
         return None
@@ -69,27 +70,28 @@ def _overrides(args: argparse.Namespace, keys: Sequence[str]) -> dict:
     return {k: cli_value(k, getattr(args, k)) for k in keys if given(args, k)}
 
 
-def _lr_applies_to_all(args: argparse.Namespace, train: TrainSettings) -> TrainSettings:
+def _global_value_applies_to_all(args: argparse.Namespace,
+                                 train: TrainSettings) -> TrainSettings:
     """--lr alone sets the rate of every model, a preset's (or parent run's) per-model rates
-    included (those of the full task too); the models named in --lr-by-model or
-    --full-task-lr-by-model keep their own."""
-    if not given(args, "lr"):
-        return train
-    for key in RATE_MAPS:
-        if not given(args, key):
+    included (those of the full task too), and --lr-decay-steps alone the schedule length of
+    every model; the models named in a per-model option given beside it (--lr-by-model,
+    --full-task-lr-by-model, --lr-decay-steps-by-model) keep their own."""
+    for key, overridden in BY_MODEL.items():
+        if given(args, overridden) and not given(args, key):
             train = train.replace(**{key: None})
     return train
 
 
-def _check_lr_kinds(args: argparse.Namespace, kinds: Sequence[str]) -> None:
-    """A rate given in --lr-by-model (or --full-task-lr-by-model) for a model the run does not
+def _check_by_model_kinds(args: argparse.Namespace, kinds: Sequence[str]) -> None:
+    """A value given in a per-model option (--lr-by-model ...) for a model the run does not
     train would be stored and never used: refuse it."""
-    for key in RATE_MAPS:
-        rates = getattr(args, key, None)
-        unused = [kind for kind in (rates if isinstance(rates, dict) else {})
+    for key in BY_MODEL:
+        values = getattr(args, key, None)
+        unused = [kind for kind in (values if isinstance(values, dict) else {})
                   if kind not in kinds]
         if unused:
-            raise UsageError(f"{option_name(key)} sets a rate for {', '.join(unused)}, which "
+            what = "a rate" if key in RATE_MAPS else "decay steps"
+            raise UsageError(f"{option_name(key)} sets {what} for {', '.join(unused)}, which "
                              f"the run does not train (model(s) {','.join(kinds)})")
 
 
@@ -103,6 +105,12 @@ def _check_counts(t: TrainSettings) -> None:
         value = getattr(t, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{option_name(key)} must be an integer >= 1, got {value!r}")
+    by_model = t.lr_decay_steps_by_model
+    if by_model is not None and (not isinstance(by_model, Mapping) or any(
+            k not in MODEL_KINDS or isinstance(v, bool) or not isinstance(v, int) or v < 1
+            for k, v in by_model.items())):
+        raise UsageError(f"lr_decay_steps_by_model must map model kinds {MODEL_KINDS} to "
+                         f"integers >= 1, got {by_model!r}")
 
 
 def _check_rates(t: TrainSettings, models: Sequence[str]) -> None:
@@ -268,8 +276,9 @@ def resolve_new(args: argparse.Namespace) -> RunPlan:
     preset_name = args.preset or "quick"
     preset = PRESETS[preset_name]
     kinds = args.model or list(preset.default_models)
-    _check_lr_kinds(args, kinds)
-    train = _lr_applies_to_all(args, preset.train.replace(**_overrides(args, TRAIN_FIELDS)))
+    _check_by_model_kinds(args, kinds)
+    train = _global_value_applies_to_all(
+        args, preset.train.replace(**_overrides(args, TRAIN_FIELDS)))
     train, phases = check_train(train, kinds)
     for key in SIZE_FIELDS:
         if given(args, key) and not any(key in SIZE_FIELDS_BY_KIND[k] for k in kinds):
@@ -323,11 +332,11 @@ def resolve_branch(args: argparse.Namespace) -> RunPlan:
         raise UsageError("--branch-from needs --out, the new run folder")
     cfg = _read_run_config(parent, "--branch-from")
     before = cfg.train
-    train = _lr_applies_to_all(args, before.replace(**_overrides(args, BRANCHABLE)))
+    train = _global_value_applies_to_all(args, before.replace(**_overrides(args, BRANCHABLE)))
     train, phases = check_train(train, cfg.models)
     cfg = cfg.replace(train=train, phases=phases)
     kinds = _run_kinds(args, cfg, parent)
-    _check_lr_kinds(args, kinds)
+    _check_by_model_kinds(args, kinds)
     checkpoints, notices = {}, []
     for kind in kinds:
         found = _load_run_checkpoint(parent, kind, cfg, "--branch-from", BRANCHABLE)

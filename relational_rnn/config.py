@@ -102,6 +102,9 @@ class TrainSettings:
     # the schedule's line restarted from that rate, at the same step count.
     full_task_lr_by_model: Mapping[str, float] | None = field(default=None,
                                                               metadata={"branch": True})
+    # Per-model decay steps (a model's own schedule length); the others use lr_decay_steps.
+    lr_decay_steps_by_model: Mapping[str, int] | None = field(default=None,
+                                                              metadata={"branch": True})
 
     def replace(self, **changes) -> "TrainSettings":
         return dataclasses.replace(self, **changes)
@@ -130,12 +133,16 @@ BRANCHABLE = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("bran
 # What --evaluate takes from the command line: another held-out set.
 EVALUATE_OPTIONS = tuple(f.name for f in fields(TrainSettings) if f.metadata.get("evaluate"))
 # Settings run_config.json holds only when set (added after the run folders of the tests' data).
-WRITTEN_WHEN_SET = ("full_task_lr_by_model",)
+WRITTEN_WHEN_SET = ("full_task_lr_by_model", "lr_decay_steps_by_model")
 # The per-model rate settings (kind -> initial learning rate).
 RATE_MAPS = ("lr_by_model", "full_task_lr_by_model")
+# Every per-model setting (kind -> value), with the setting it overrides for the kinds it names:
+# that setting given alone on the command line applies to every model (the map is dropped).
+BY_MODEL = {"lr_by_model": "lr", "full_task_lr_by_model": "lr",
+            "lr_decay_steps_by_model": "lr_decay_steps"}
 # Settings added after runs were first written, with the value that reproduces those runs.
 LATER_DEFAULTS = {"ema_decay": None, "lr_schedule": "exponential", "lr_by_model": None,
-                  "full_task_lr_by_model": None}
+                  "full_task_lr_by_model": None, "lr_decay_steps_by_model": None}
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,21 @@ def initial_lr(train: TrainSettings, kind: str, *, full_task: bool = False) -> f
     return float((train.lr_by_model or {}).get(kind, train.lr))
 
 
+def decay_steps(train: TrainSettings, kind: str) -> int:
+    """The ``kind`` model's schedule length: its entry in ``train.lr_decay_steps_by_model``
+    or else ``train.lr_decay_steps``."""
+    return int((train.lr_decay_steps_by_model or {}).get(kind, train.lr_decay_steps))
+
+
 def make_schedule(train: TrainSettings, kind: str, *, full_task: bool = False):
     """The run's schedule (a function of the step count) from the ``kind`` model's initial
-    rate; a full-task rate restarts the same line from that rate at the same step count."""
-    lr = initial_lr(train, kind, full_task=full_task)
+    rate and decay steps; a full-task rate restarts the same line from that rate at the same
+    step count."""
+    lr, steps = initial_lr(train, kind, full_task=full_task), decay_steps(train, kind)
     if train.lr_schedule == "linear":
-        return LinearDecay(lr, decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
-    return ExponentialDecay(lr, decay_rate=train.lr_decay_rate,
-                            decay_steps=train.lr_decay_steps, min_lr=train.min_lr)
+        return LinearDecay(lr, decay_steps=steps, min_lr=train.min_lr)
+    return ExponentialDecay(lr, decay_rate=train.lr_decay_rate, decay_steps=steps,
+                            min_lr=train.min_lr)
 
 
 def make_optimizer(model, train: TrainSettings, kind: str, *, full_task: bool = False) -> Adam:

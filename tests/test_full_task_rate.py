@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from relational_rnn import cli
+from cli_helpers import QUIET, run_cli
 from relational_rnn.checkpoint import load_checkpoint
 from relational_rnn.presets import PRESETS
 
@@ -17,14 +17,6 @@ RUN = ["--model", "lstm", "--batch-size", "8", "--eval-size", "32", "--eval-ever
        "--time-budget", "none", "--no-progress", "--no-plots", "--num-objects", "4",
        "--num-features", "4", "--curriculum", "3x2:6,4x4", "--lr", "1e-3",
        "--lr-schedule", "linear", "--lr-decay-steps", "100", "--min-lr", "1e-5"]
-QUIET = ["--no-progress", "--no-plots"]
-
-
-def run_cli(argv):
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        return exc.code
 
 
 def evals(folder):

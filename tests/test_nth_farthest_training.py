@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import nth_farthest as nf
+from cli_helpers import QUIET, run_cli
 from relational_rnn import cli, cli_parser, cli_run, curriculum, evaluation, outputs, trainer
 from relational_rnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from relational_rnn.config import RunConfig, TrainSettings
@@ -23,19 +24,10 @@ BASE = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkp
         "--mlp-hidden", "16", "--lr", "1e-3", "--time-budget", "none", "--no-progress",
         "--num-objects", "4", "--num-features", "4", "--no-plots"]
 TINY = BASE + ["--curriculum", "3x2:6,4x4"]
-QUIET = ["--no-progress", "--no-plots"]             # run-time flags, also for --resume
 # The same for an lstm-only run (the memory options do not apply to it).
 LSTM = ["--batch-size", "8", "--eval-size", "64", "--eval-every", "5", "--checkpoint-every", "10",
         "--hidden-size", "8", "--mlp-hidden", "16", "--time-budget", "none", "--no-progress",
         "--curriculum", "none", "--no-plots"]
-
-
-def run_cli(argv):
-    """The command line's main with argparse's SystemExit turned into the exit status."""
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        return exc.code
 
 
 def set_preset_lr_by_model(monkeypatch, rates):
@@ -586,7 +578,6 @@ def test_long_titles_wrap_at_spaces_and_after_commas():
     assert rebuilt == title
     assert plots.wrap_title("short, title", 40) == "short, title"
     assert plots.wrap_title(spec, 5).split("\n")[0] == "3x1:10000@0.9,"   # too long: kept whole
-
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,10 +99,11 @@ def test_an_old_run_resumes_to_the_parameters_of_an_uninterrupted_new_run(run_v1
     argv = before["commands"][0].split()[2:]
     argv[argv.index("--out") + 1] = str(fresh)
     argv[argv.index("--steps") + 1] = "60"
-    # run_v1's RelationalRNN predates its options and its full-task rate, which the preset
-    # sets since: the model's default data flow and one rate, as run_v1 trained it
+    # run_v1's RelationalRNN predates its options, its full-task rate and its own schedule
+    # length, which the preset sets since: the model's default data flow, one rate and one
+    # length, as run_v1 trained it
     argv += ["--memory-input", "hidden", "--memory-readout", "mean",
-             "--full-task-lr-by-model", "none"]
+             "--full-task-lr-by-model", "none", "--lr-decay-steps-by-model", "none"]
     assert cli.main(argv) == 0
     for kind in KINDS:
         resumed, _ = load_checkpoint(run_v1 / kind, averaged=False)
