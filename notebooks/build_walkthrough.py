@@ -168,9 +168,7 @@ metrics = {kind: read_metrics(os.path.join(os.path.dirname(pretrained_path(f"{ki
            for kind in ("rmc", "lstm", "rrnn")}
 path = plot_learning_curves(metrics, os.path.join(tempfile.mkdtemp(), "curves.png"), chance=0.25,
                             labels={"rmc": "RMC", "lstm": "LSTM", "rrnn": "RelationalRNN"},
-                            title="N-th Farthest 4 x 4, --preset curriculum (RelationalRNN: "
-                                  "memory reading the input, all slots read out, 6e-4 from "
-                                  "the full task on)", dpi=70)
+                            title="N-th Farthest 4 x 4, --preset curriculum", dpi=70)
 Image(path)"""),
 ]
 
