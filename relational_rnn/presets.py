@@ -36,7 +36,7 @@ _READ_OUT = (256, 256, 256, 256)      # the paper's read-out MLP, 4 x 256
 # LSTM's h_t and its read-out sees every slot (memory_input, memory_readout): 96.1% in 30
 # minutes against 86.25% with the model's default data flow.  It starts at 3e-4, since at 6e-4
 # it stayed on the 3x1 plateau, and takes the RMC's 6e-4 line once the curriculum reaches the
-# full task (96.9%).  Smaller (LSTM 64, read-out 2 x 128: 118k parameters against 410k) it takes
+# full task (96.9%).  Smaller (LSTM 64, read-out 2 x 128: 118k parameters against 435k) it takes
 # more steps in 30 minutes, and with its line reaching 1e-5 within them (60 000 steps) it
 # reached 98.4% (98.8% on 20 000 more); either change alone did not reach 98%.
 _RECIPE_4X4_TRAIN = TrainSettings(
