@@ -118,3 +118,18 @@ def test_the_4x4_presets_relational_rnn_is_the_shipped_rrnn_4x4_recipe(tmp_path,
         ignore = {"lr_decay_steps": None, "lr_decay_steps_by_model": None}
         assert mine.train.replace(**ignore) == shipped.train.replace(**ignore)
         assert mine.phases == shipped.phases
+
+
+@pytest.mark.parametrize("value", [{"lstm": 0}, {"lstm": 2.5}, {"gru": 10}, [10]])
+def test_a_run_folder_with_bad_lengths_is_refused_before_anything_changes(tmp_path, capsys,
+                                                                          value):
+    """A hand-edited run_config.json: --resume names the setting and writes nothing."""
+    out = tmp_path / "run"
+    assert run_cli([*RUN, "--steps", 2, "--out", out]) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    config["lr_decay_steps_by_model"] = value
+    (out / "run_config.json").write_text(json.dumps(config))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert run_cli(["--resume", out, "--steps", 4, *QUIET]) == 2
+    assert "lr_decay_steps_by_model must map model kinds" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
