@@ -1,5 +1,6 @@
 """--lr-decay-steps-by-model: a model's own schedule length, through a run, resume, branch,
-refusals, and the 4 x 4 presets' RelationalRNN (the recipe of the shipped rrnn-4x4)."""
+refusals, and the 4 x 4 presets' RelationalRNN (the recipe of the shipped rrnn-4x4); also a
+hand-edited run folder with bad per-model values of any kind (lengths or rates)."""
 import json
 from pathlib import Path
 
@@ -120,16 +121,25 @@ def test_the_4x4_presets_relational_rnn_is_the_shipped_rrnn_4x4_recipe(tmp_path,
         assert mine.phases == shipped.phases
 
 
-@pytest.mark.parametrize("value", [{"lstm": 0}, {"lstm": 2.5}, {"gru": 10}, [10]])
-def test_a_run_folder_with_bad_lengths_is_refused_before_anything_changes(tmp_path, capsys,
-                                                                          value):
-    """A hand-edited run_config.json: --resume names the setting and writes nothing."""
+BAD_EDITS = [("lr_decay_steps_by_model", value, "lr_decay_steps_by_model must map model kinds")
+             for value in ({"lstm": 0}, {"lstm": 2.5}, {"gru": 10}, [10])] + [
+    (key, value, f"{key} must map model kinds")
+    for key in ("lr_by_model", "full_task_lr_by_model")
+    for value in ({"lstm": 0}, {"lstm": -1e-3}, {"lstm": "1e-3"}, {"lstm": True},
+                  {"lstm": float("inf")}, {"gru": 1e-3}, [1e-3])]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_EDITS)
+def test_a_run_folder_with_bad_per_model_values_is_refused_before_anything_changes(
+        tmp_path, capsys, key, value, message):
+    """A hand-edited run_config.json: --resume names the setting and writes nothing. Covers
+    the per-model schedule lengths and both per-model rate maps."""
     out = tmp_path / "run"
     assert run_cli([*RUN, "--steps", 2, "--out", out]) == 0
     config = json.loads((out / "run_config.json").read_text())
-    config["lr_decay_steps_by_model"] = value
+    config[key] = value
     (out / "run_config.json").write_text(json.dumps(config))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert run_cli(["--resume", out, "--steps", 4, *QUIET]) == 2
-    assert "lr_decay_steps_by_model must map model kinds" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
